@@ -1,0 +1,87 @@
+"""The entry points: `add_prefix` and `load_prefix`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prefixtune.config import PrefixConfig
+from prefixtune.errors import PrefixTuneError
+from prefixtune.inject import attach
+from prefixtune.model import DEFAULT_NAME, PrefixModel
+
+
+def add_prefix(
+    model: nn.Module | PrefixModel,
+    config: PrefixConfig | None = None,
+    *,
+    tokenizer=None,
+    name: str = DEFAULT_NAME,
+) -> PrefixModel:
+    """Freeze `model` and give every attention layer a trainable prefix called `name`.
+
+    Args:
+        model: a Hugging Face model (loaded with `attn_implementation` "sdpa" or "eager"), or a
+            `PrefixModel`, to which the prefix is added.
+        config: how the prefix is shaped and initialised (default `PrefixConfig()`).
+        tokenizer: needed for `init="text"`.
+        name: the prefix's name; rows of a batch pick prefixes by name (`prefix=`).
+    """
+    config = config or PrefixConfig()
+    prefix_model = model if isinstance(model, PrefixModel) else wrap(model)
+    prefix_model.add(name, config, tokenizer)
+    return prefix_model
+
+
+def wrap(model: nn.Module) -> PrefixModel:
+    """Freeze `model`, switch it to the prefixtune attention and return an empty `PrefixModel`."""
+    if not hasattr(model, "config") or not hasattr(model, "get_input_embeddings"):
+        raise PrefixTuneError(f"expected a Hugging Face transformers model, got {type(model).__name__}")
+    model.requires_grad_(False)
+    injector = attach(model, probe_inputs(model))
+    return PrefixModel(model, injector)
+
+
+def probe_inputs(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A tiny valid input: a few token ids that exist in any vocabulary."""
+    vocab = model.get_input_embeddings().num_embeddings
+    device = next(model.parameters()).device
+    ids = torch.arange(1, 4, device=device).clamp(max=vocab - 1)[None]  # (1, 3)
+    inputs = {"input_ids": ids}
+    if getattr(model.config, "is_encoder_decoder", False):
+        inputs["decoder_input_ids"] = ids[:, :2]
+    return inputs
+
+
+def load_prefix(
+    model: nn.Module | PrefixModel,
+    path: str | Path,
+    *,
+    name: str | None = None,
+    trainable: bool = False,
+    check_weights: bool = True,
+) -> PrefixModel:
+    """Load a saved prefix folder onto `model` (a base model or a `PrefixModel`).
+
+    Args:
+        name: the name it gets in the bank (default: the folder's name, or "default" on a base model).
+        trainable: restore the trainable state (e.g. the MLP) if the folder holds it, to continue training.
+        check_weights: compare the base model's fingerprint with the one saved (layer count, heads,
+            head size, sampled weights) and refuse a mismatch.
+    """
+    from prefixtune.storage import read_prefix
+
+    fresh = not isinstance(model, PrefixModel)
+    prefix_model = wrap(model) if fresh else model
+    if name is None:
+        name = DEFAULT_NAME if not prefix_model.prefixes else Path(path).name
+    try:
+        prefix = read_prefix(prefix_model, Path(path), trainable=trainable, check_weights=check_weights)
+        prefix_model.insert(name, prefix.to(prefix_model.device))
+    except Exception:
+        if fresh:  # leave the user's model exactly as it was handed in
+            prefix_model.unload()
+        raise
+    return prefix_model

@@ -1,0 +1,296 @@
+"""The heart of prefixtune: every attention layer sees K' = [P_k; K], V' = [P_v; V].
+
+Design (why not `past_key_values`, as PEFT does): the prefix is concatenated *inside* attention,
+through one attention function registered with transformers' `AttentionInterface` under the name
+`prefixtune`. Every model family that uses the interface calls it with the keys and values already
+projected, rotated (RoPE) and merged with the KV cache, so
+
+- the prefix never enters the cache: caches (dynamic or static), beam reordering and position
+  counting see only real tokens, and real tokens keep positions 0..n-1 (see `PrefixConfig.positions`);
+- each batch row can carry its own prefix, of its own length, or none: the mask gets one column per
+  prefix vector, and a row's unused columns are masked out, so it gets exactly its solo result;
+- sliding-window layers (Gemma, Mistral) keep the prefix visible to every query: it is the task's
+  instruction, not an old token to forget. As P past tokens (PEFT) it would drop out of the window;
+- nothing here knows a model family. Shapes (key/value heads, head size) are read off the tensors
+  the attention modules pass in, during a probe forward (`probe`).
+
+The alternative, wrapping each attention module, cannot reach the keys after RoPE without
+re-implementing each family's attention; the interface hands them to us, so we use it. The function
+then calls the model's own attention (`sdpa`, or the family's `eager_attention_forward`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from prefixtune.errors import PrefixTuneError
+from prefixtune.layout import SlotSpec
+
+IMPLEMENTATION = "prefixtune"
+SUPPORTED_INNER = ("sdpa", "eager")
+_BINDING_ATTR = "_prefixtune_binding"  # a plain attribute on the attention module (not a submodule)
+_PROBE: list[tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+
+
+@dataclass
+class PrefixBatch:
+    """The prefix keys/values each row of the current batch sees, computed once per forward.
+
+    A batch dimension of 1 means every row shares one prefix (broadcast, no copy). Rows beyond the
+    stored batch (beam search, several samples per prompt) are the stored rows repeated in order,
+    which is how `generate` expands its inputs.
+    """
+
+    keys: list[torch.Tensor]
+    """Per slot, (B or 1, H_kv, P, D)."""
+    values: list[torch.Tensor]
+    """Per slot, (B or 1, H_kv, P, D)."""
+    visible: torch.Tensor | None = None
+    """(B, P) bool: which prefix columns each row may attend to; None: all of them."""
+    position_offsets: torch.Tensor | None = None
+    """(B,) long: how far each row's real tokens are shifted (`positions="shifted"`); None: no shift."""
+    _expanded: dict[int, PrefixBatch] = field(default_factory=dict, repr=False)
+
+    @property
+    def rows(self) -> int:
+        return self.keys[0].shape[0] if self.visible is None else self.visible.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[2]
+
+    def for_rows(self, rows: int) -> PrefixBatch:
+        """This batch as seen by `rows` query rows (a multiple of the stored rows)."""
+        if (self.keys[0].shape[0] == 1 and self.visible is None) or rows == self.rows:
+            return self
+        if rows % self.rows:
+            raise RuntimeError(f"prefix batch of {self.rows} rows cannot serve {rows} query rows")
+        if rows not in self._expanded:
+            repeat = rows // self.rows
+            self._expanded[rows] = PrefixBatch(
+                keys=[k.repeat_interleave(repeat, dim=0) for k in self.keys],
+                values=[v.repeat_interleave(repeat, dim=0) for v in self.values],
+                visible=None if self.visible is None else self.visible.repeat_interleave(repeat, dim=0),
+                position_offsets=None
+                if self.position_offsets is None
+                else self.position_offsets.repeat_interleave(repeat, dim=0),
+            )
+        return self._expanded[rows]
+
+
+@dataclass
+class Injector:
+    """Owns the state the attention function reads: the current batch's prefixes, or a recorder."""
+
+    slots: list[SlotSpec] = field(default_factory=list)
+    current: PrefixBatch | None = None
+    """Set before each forward (and kept until the next one, so that gradient checkpointing
+    recomputes the same forward during backward)."""
+    recording: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+    """When a dict, each slot stores the real keys/values it computed (text initialisation)."""
+    modules: list[nn.Module] = field(default_factory=list, repr=False)
+
+
+@dataclass(frozen=True)
+class Binding:
+    injector: Injector
+    index: int
+    inner: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+    eager: bool
+
+
+def prefix_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The attention function registered as `prefixtune`.
+
+    Args:
+        query: (B, H, Q, D) after projection and rotary embedding.
+        key, value: (B, H_kv, K, D), real tokens only (cache already merged).
+        attention_mask: None, bool (True = attend) or additive float, broadcastable to (B, 1, Q, K).
+    """
+    binding: Binding | None = module.__dict__.get(_BINDING_ATTR)
+    if binding is None:
+        return _unbound(module, query, key, value, attention_mask, **kwargs)
+    injector = binding.injector
+    if injector.recording is not None:
+        injector.recording[binding.index] = (key.detach(), value.detach())
+    causal = kwargs.get("is_causal", getattr(module, "is_causal", True))
+    batch = injector.current
+    if batch is not None:
+        batch = batch.for_rows(query.shape[0])
+        prefix_key = batch.keys[binding.index].to(key.dtype).expand(query.shape[0], -1, -1, -1)
+        prefix_value = batch.values[binding.index].to(value.dtype).expand(query.shape[0], -1, -1, -1)
+        attention_mask = extend_mask(attention_mask, batch.visible, query, key, batch.length, causal)
+        key = torch.cat([prefix_key, key], dim=2)  # (B, H_kv, P + K, D)
+        value = torch.cat([prefix_value, value], dim=2)  # (B, H_kv, P + K, D)
+    if binding.eager:
+        attention_mask = _as_additive(attention_mask, query, key, causal)
+    return binding.inner(module, query, key, value, attention_mask, **kwargs)
+
+
+def extend_mask(
+    mask: torch.Tensor | None,
+    visible: torch.Tensor | None,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    prefix_len: int,
+    causal: bool,
+) -> torch.Tensor:
+    """Prepend `prefix_len` columns to the mask: every query sees the prefix its row may see.
+
+    Args:
+        mask: None, bool or additive float, broadcastable to (B, 1, Q, K).
+        visible: (B, P) bool, or None when every prefix column is visible to every row.
+    Returns: a mask of the same kind, (B or 1, 1 or H, Q, P + K).
+    """
+    q_len, k_len = query.shape[2], key.shape[2]
+    if mask is None:
+        mask = _default_mask(q_len, k_len, causal, query.device)  # (1, 1, Q, K) bool
+    mask = mask[..., -q_len:, -k_len:] if mask.shape[-1] >= k_len else mask
+    if visible is None:
+        prefix_cols = torch.ones(1, 1, 1, prefix_len, dtype=torch.bool, device=query.device)
+    else:
+        prefix_cols = visible[:, None, None, :].to(query.device)  # (B, 1, 1, P)
+    if mask.dtype != torch.bool:  # additive float mask: 0 where visible, the dtype's minimum elsewhere
+        prefix_cols = torch.zeros((), dtype=mask.dtype, device=mask.device).masked_fill(
+            ~prefix_cols, torch.finfo(mask.dtype).min
+        )
+    rows = max(mask.shape[0], prefix_cols.shape[0])
+    mask = mask.expand(rows, -1, q_len, -1)
+    prefix_cols = prefix_cols.expand(rows, mask.shape[1], q_len, prefix_len)
+    return torch.cat([prefix_cols, mask], dim=-1)
+
+
+def _default_mask(q_len: int, k_len: int, causal: bool, device: torch.device) -> torch.Tensor:
+    """The mask a None stands for: transformers passes None only where SDPA's own `is_causal` is right.
+
+    `is_causal` aligns the causal triangle top-left (query i sees keys 0..i). That matters when K > Q
+    on a fresh static cache, whose keys beyond the prompt are empty slots, not past tokens.
+    """
+    if not causal or q_len == 1:
+        return torch.ones(1, 1, q_len, k_len, dtype=torch.bool, device=device)
+    query_pos = torch.arange(q_len, device=device)[:, None]  # (Q, 1)
+    return (torch.arange(k_len, device=device)[None, :] <= query_pos)[None, None]  # (1, 1, Q, K)
+
+
+def _as_additive(
+    mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor, causal: bool
+) -> torch.Tensor | None:
+    """Eager attention adds its mask to the scores and treats None as 'attend everywhere'."""
+    if mask is None:
+        if not causal or query.shape[2] == 1:
+            return None
+        mask = _default_mask(query.shape[2], key.shape[2], causal, query.device)
+    if mask.dtype != torch.bool:
+        return mask
+    zeros = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device)
+    return zeros.masked_fill(~mask, torch.finfo(query.dtype).min)
+
+
+def _unbound(module, query, key, value, attention_mask, **kwargs):
+    """A module that calls `prefixtune` without a binding: only expected during `probe`."""
+    if _PROBE is None:
+        raise RuntimeError(
+            f"{type(module).__name__} uses the prefixtune attention but is not bound to a PrefixModel"
+        )
+    _PROBE.append((module, query, key, value))
+    return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
+
+
+def register() -> None:
+    """Make `prefixtune` a known attention implementation (idempotent).
+
+    Masks are built as for SDPA (bool, or None when plainly causal); `prefix_attention` turns them
+    into what the inner implementation wants.
+    """
+    ALL_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, prefix_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, sdpa_mask)
+
+
+def inner_attention(module: nn.Module, implementation: str) -> Callable:
+    """The attention the model would have run: SDPA, or its own family's eager function."""
+    if implementation == "sdpa":
+        return ALL_ATTENTION_FUNCTIONS["sdpa"]
+    family_eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if family_eager is None:
+        raise PrefixTuneError(
+            f"{type(module).__name__} has no eager_attention_forward; "
+            "load the model with attn_implementation='sdpa'"
+        )
+    return family_eager
+
+
+def attach(model: nn.Module, probe_inputs: dict[str, torch.Tensor]) -> Injector:
+    """Switch `model` to the prefixtune attention, find its attention slots by a probe forward, bind them.
+
+    Args:
+        probe_inputs: a tiny valid input for the model (a couple of token ids).
+    """
+    implementation = model.config._attn_implementation
+    if implementation == IMPLEMENTATION:
+        raise PrefixTuneError("this model already carries prefixes; pass the PrefixModel, not its base")
+    if implementation not in SUPPORTED_INNER:
+        raise PrefixTuneError(
+            f"attention implementation {implementation!r} is not supported; "
+            f"load the model with attn_implementation='sdpa' (or 'eager')"
+        )
+    register()
+    model.set_attn_implementation(IMPLEMENTATION)
+    try:
+        found = probe(model, probe_inputs)
+    except Exception:
+        model.set_attn_implementation(implementation)
+        raise
+    if not found:
+        model.set_attn_implementation(implementation)
+        raise PrefixTuneError(
+            f"{type(model).__name__} does not route attention through transformers' AttentionInterface, "
+            "so prefixtune cannot reach its keys and values"
+        )
+    injector = Injector(slots=[spec for _, spec in found], modules=[m for m, _ in found])
+    injector.original_implementation = implementation  # type: ignore[attr-defined]
+    for index, (module, _) in enumerate(found):
+        binding = Binding(injector, index, inner_attention(module, implementation), implementation == "eager")
+        module.__dict__[_BINDING_ATTR] = binding
+    return injector
+
+
+def detach(model: nn.Module, injector: Injector) -> None:
+    """Undo `attach`: the model runs exactly as before."""
+    for module in injector.modules:
+        module.__dict__.pop(_BINDING_ATTR, None)
+    model.set_attn_implementation(injector.original_implementation)  # type: ignore[attr-defined]
+
+
+def probe(model: nn.Module, probe_inputs: dict[str, torch.Tensor]) -> list[tuple[nn.Module, SlotSpec]]:
+    """Run one tiny forward and record, in call order, each attention module and its tensor shapes."""
+    global _PROBE
+    names = {id(m): n for n, m in model.named_modules()}
+    _PROBE = []
+    try:
+        with torch.no_grad():
+            model(**probe_inputs, use_cache=False)
+        calls = _PROBE
+    finally:
+        _PROBE = None
+    found: dict[int, tuple[nn.Module, SlotSpec]] = {}
+    for module, query, key, _ in calls:
+        if id(module) not in found:  # a module reused across layers (weight sharing) gets one slot
+            spec = SlotSpec(
+                names[id(module)], kv_heads=key.shape[1], head_dim=key.shape[3], heads=query.shape[1]
+            )
+            found[id(module)] = (module, spec)
+    return list(found.values())

@@ -1,0 +1,212 @@
+"""`PrefixModel`: a frozen Hugging Face model plus a bank of named prefixes, by composition.
+
+The base model is never subclassed or copied; it is switched to the `prefixtune` attention (see
+`inject`) and each forward tells that attention which prefix each batch row sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prefixtune.config import PrefixConfig
+from prefixtune.errors import PrefixTuneError
+from prefixtune.initialise import initial_target, resolve_length
+from prefixtune.inject import Injector, PrefixBatch, detach
+from prefixtune.layout import SlotLayout
+from prefixtune.positions import PositionHook
+from prefixtune.prefix import Prefix
+
+DEFAULT_NAME = "default"
+RowPrefixes = str | Sequence[str | None] | None
+"""What the `prefix=` argument takes: one name for every row, one name (or None) per row, or None
+for the default prefix on every row."""
+
+
+class PrefixModel(nn.Module):
+    """A frozen base model whose attention layers see trainable prefixes.
+
+    `forward` and `generate` take the Hugging Face arguments plus `prefix=`: a prefix name for all
+    rows, a list with one name (or None for no prefix) per row, or nothing for the default prefix.
+    """
+
+    def __init__(self, base: nn.Module, injector: Injector) -> None:
+        super().__init__()
+        self.base = base
+        self.injector = injector
+        self.layout = SlotLayout(injector.slots)
+        self.prefixes = nn.ModuleDict()
+        self.default_prefix: str | None = None
+        self._hook = PositionHook(self)
+        self._hook_handle = base.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    # -- the bank -------------------------------------------------------------------------------
+    def add(self, name: str, config: PrefixConfig, tokenizer=None) -> Prefix:
+        """Create and initialise a new prefix called `name` (the first one becomes the default)."""
+        if name in self.prefixes:
+            raise PrefixTuneError(
+                f"a prefix named {name!r} already exists; remove it first or pick another name"
+            )
+        length = resolve_length(config, tokenizer)
+        rng = torch.random.fork_rng() if config.seed is not None else contextlib.nullcontext()
+        with rng:
+            if config.seed is not None:
+                torch.manual_seed(config.seed)
+            prefix = Prefix(config, self.layout, length, self.base.get_input_embeddings().embedding_dim)
+        target = initial_target(config, length, self.base, self.injector, self.layout, tokenizer)
+        prefix.set_initial(target, zero=config.init == "zero")
+        return self.insert(name, prefix.to(self.device))
+
+    def insert(self, name: str, prefix: Prefix) -> Prefix:
+        """Put an existing `Prefix` (e.g. loaded from disk) into the bank."""
+        if prefix.layout.slots != self.layout.slots:
+            raise PrefixTuneError(f"prefix {name!r} was built for other attention layers than this model's")
+        self.prefixes[name] = prefix
+        if self.default_prefix is None:
+            self.default_prefix = name
+        return prefix
+
+    def remove(self, name: str) -> None:
+        self._check_names([name])
+        del self.prefixes[name]
+        if self.default_prefix == name:
+            self.default_prefix = next(iter(self.prefixes), None)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.base.parameters()).device
+
+    @property
+    def config(self):
+        """The base model's config (so code written for Hugging Face models finds it)."""
+        return self.base.config
+
+    # -- running ----------------------------------------------------------------------------------
+    def forward(self, input_ids=None, attention_mask=None, prefix: RowPrefixes = None, **kwargs):
+        """The base model's forward, with each row seeing the prefix `prefix` names for it."""
+        rows = _rows(input_ids, kwargs.get("inputs_embeds"))
+        self.injector.current = self.prefix_batch(prefix, rows)
+        return self.base(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids=None, attention_mask=None, prefix: RowPrefixes = None, **kwargs):
+        """`generate` of the base model; the prefixes are materialised once for the whole call."""
+        rows = _rows(input_ids, kwargs.get("inputs_embeds"))
+        batch = self.prefix_batch(prefix, rows)
+        self._hook.check_generation_length(batch, input_ids, kwargs)
+        self.injector.current = batch
+        return self.base.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    def prefix_batch(self, prefix: RowPrefixes, rows: int) -> PrefixBatch | None:
+        """Materialise each named prefix once and lay them out per row.
+
+        Returns None when no row has a prefix (the bare model runs).
+        """
+        names = self._row_names(prefix, rows)
+        used = list(dict.fromkeys(n for n in names if n is not None))
+        if not used:
+            return None
+        if len(used) == 1 and None not in names:  # every row shares one prefix: broadcast, no copies
+            only = self.prefixes[used[0]]
+            pairs = only.slot_tensors()
+            offsets = None
+            if only.config.positions == "shifted":
+                offsets = torch.full((rows,), only.length, dtype=torch.long, device=self.device)
+            return PrefixBatch([k[None] for k, _ in pairs], [v[None] for _, v in pairs], None, offsets)
+        return self._mixed_batch(names, used)
+
+    def _mixed_batch(self, names: list[str | None], used: list[str]) -> PrefixBatch:
+        """Rows with different prefixes (or none): pad to the longest, mask each row's unused columns."""
+        longest = max(self.prefixes[n].length for n in used)
+        table = {n: i for i, n in enumerate(used)}
+        row_index = torch.tensor([table.get(n, len(used)) for n in names], device=self.device)  # (B,)
+        per_prefix = [self.prefixes[n].slot_tensors() for n in used]
+        keys, values = [], []
+        for slot in range(len(self.layout.slots)):
+            for which, out in ((0, keys), (1, values)):
+                stack = [_pad(p[slot][which], longest) for p in per_prefix]
+                stack.append(torch.zeros_like(stack[0]))  # the "no prefix" entry, fully masked
+                out.append(torch.stack(stack).index_select(0, row_index))  # (B, H_kv, P_max, D)
+        lengths = torch.tensor([self.prefixes[n].length for n in used] + [0], device=self.device)
+        shifted = torch.tensor(
+            [self.prefixes[n].config.positions == "shifted" for n in used] + [False], device=self.device
+        )
+        visible = torch.arange(longest, device=self.device)[None, :] < lengths[:, None]  # (N+1, P_max)
+        offsets = torch.where(shifted, lengths, 0).index_select(0, row_index)
+        return PrefixBatch(
+            keys, values, visible.index_select(0, row_index), offsets if offsets.any() else None
+        )
+
+    def _row_names(self, prefix: RowPrefixes, rows: int) -> list[str | None]:
+        if prefix is None:
+            if self.default_prefix is None:
+                raise PrefixTuneError(
+                    "this PrefixModel holds no prefix; add one with add_prefix or load_prefix"
+                )
+            return [self.default_prefix] * rows
+        if isinstance(prefix, str):
+            self._check_names([prefix])
+            return [prefix] * rows
+        names = list(prefix)
+        if len(names) != rows:
+            raise PrefixTuneError(f"prefix= names {len(names)} rows but the batch has {rows}")
+        self._check_names([n for n in names if n is not None])
+        return names
+
+    def _check_names(self, names: list[str]) -> None:
+        for name in names:
+            if name not in self.prefixes:
+                raise PrefixTuneError(f"no prefix named {name!r}; this model holds {sorted(self.prefixes)}")
+
+    # -- training and storage -------------------------------------------------------------------
+    def prefix_parameters(self, name: str | None = None) -> list[nn.Parameter]:
+        """The trainable parameters: every prefix's, or one prefix's."""
+        modules = [self.prefixes[name]] if name is not None else list(self.prefixes.values())
+        return [p for m in modules for p in m.parameters() if p.requires_grad]
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Checkpoint the base model's layers.
+
+        Non-reentrant checkpointing is required: the reentrant kind only sends gradients to a
+        checkpointed block's tensor inputs, and the prefixes reach attention by another route.
+        """
+        self.base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        self.base.config.use_cache = False
+
+    def fold(self) -> PrefixModel:
+        """Replace every MLP reparametrisation by the flat prefix it produces (outputs unchanged)."""
+        for prefix in self.prefixes.values():
+            prefix.fold()
+        return self
+
+    def save(self, path: str | Path, name: str | None = None, include_trainable: bool = False) -> Path:
+        """Write one prefix (default: the default prefix) as a prefix folder; see `prefixtune.storage`."""
+        from prefixtune.storage import save_prefix
+
+        name = name or self.default_prefix
+        if name is None:
+            raise PrefixTuneError("nothing to save: this PrefixModel holds no prefix")
+        self._check_names([name])
+        return save_prefix(self, name, Path(path), include_trainable=include_trainable)
+
+    def unload(self) -> nn.Module:
+        """Detach all prefixes and give back the base model, running exactly as before."""
+        self._hook_handle.remove()
+        detach(self.base, self.injector)
+        return self.base
+
+
+def _rows(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> int:
+    source = input_ids if input_ids is not None else inputs_embeds
+    if source is None:
+        raise PrefixTuneError("pass input_ids or inputs_embeds")
+    return source.shape[0]
+
+
+def _pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    """(H_kv, p, D) -> (H_kv, length, D), zeros after the real columns."""
+    return nn.functional.pad(tensor, (0, 0, 0, length - tensor.shape[1]))

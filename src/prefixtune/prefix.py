@@ -1,0 +1,62 @@
+"""One trainable prefix: its config, its reparametrisation and how it becomes per-slot keys/values."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prefixtune.config import PrefixConfig
+from prefixtune.layout import SlotLayout
+from prefixtune.reparam import FlatPrefix, MlpPrefix
+
+
+class Prefix(nn.Module):
+    """A prefix of `length` vectors for every slot of `layout`, parametrised flat or through an MLP."""
+
+    def __init__(self, config: PrefixConfig, layout: SlotLayout, length: int, embed_dim: int) -> None:
+        super().__init__()
+        self.config = config.replace(length=length)
+        self.layout = layout
+        if config.reparam == "mlp":
+            self.reparam: nn.Module = MlpPrefix(length, layout.width, embed_dim, config.mlp_hidden)
+        else:
+            self.reparam = FlatPrefix(length, layout.width)
+
+    @property
+    def length(self) -> int:
+        return self.config.length  # type: ignore[return-value]
+
+    def materialise(self) -> torch.Tensor:
+        """The prefix as one (P, W) matrix. The MLP runs here once, whatever the batch size."""
+        return self.reparam()
+
+    def slot_tensors(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per slot (key, value), each (H_kv, P, D)."""
+        return self.layout.split(self.materialise())
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        """Run the reparametrisation once and keep only its output as a flat prefix."""
+        if isinstance(self.reparam, FlatPrefix):
+            return
+        flat = FlatPrefix(self.length, self.layout.width).to(self.reparam.embedding.device)
+        flat.prefix.copy_(self.materialise())
+        flat.requires_grad_(False)
+        self.reparam = flat
+        self.config = self.config.replace(reparam="flat")
+
+    def set_initial(self, target: torch.Tensor | None, zero: bool) -> None:
+        """Start from `target` (P, W) if given, from zeros if `zero`, else keep the random init."""
+        with torch.no_grad():
+            if isinstance(self.reparam, FlatPrefix):
+                if target is not None:
+                    self.reparam.prefix.copy_(target)
+                elif not zero:
+                    raise ValueError(
+                        "a flat random prefix needs a target scale; see initialise.initial_target"
+                    )
+            elif target is not None:
+                self.reparam.fit_output(target)
+            elif zero:
+                self.reparam.mlp[2].weight.zero_()
+                self.reparam.mlp[2].bias.zero_()
