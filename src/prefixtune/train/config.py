@@ -1,0 +1,114 @@
+"""Every setting of a training run, as one frozen dataclass (its docstrings are the CLI's help)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from prefixtune.config import PrefixConfig
+from prefixtune.errors import PrefixTuneError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A prefix-tuning run on a source -> target dataset."""
+
+    train: str = ""
+    """Training data: E2E CSV, WebNLG/DART JSON, or your own CSV/TSV/JSONL (see --source-column)."""
+    dev: str | None = None
+    """Development data for evaluation during training (same formats); none: no evaluation."""
+    output: str = "runs/prefix"
+    """Run folder: the best prefix goes to OUTPUT/prefix, plus checkpoint.pt, metrics.jsonl, curve.png."""
+    base: str = "smollm2-135m"
+    """Base model: a Hugging Face folder, a .gguf file, or the alias smollm2-135m."""
+    format: str | None = None
+    """Data format (e2e, webnlg, dart, csv, tsv, jsonl); default: guessed from the file."""
+    source_column: str = "source"
+    """Source column for your own CSV/TSV/JSONL."""
+    target_column: str = "target"
+    """Target column for your own CSV/TSV/JSONL."""
+    length: int | None = 10
+    """Prefix length (vectors per layer); with --init text and no length, the text's token count."""
+    reparam: str = "mlp"
+    """mlp (P = MLP(P'), the paper's choice, folded away after training) or flat."""
+    mlp_hidden: int = 512
+    """Hidden width of the MLP reparametrisation."""
+    init: str = "text"
+    """Prefix initialisation: text (from --init-text), random or zero."""
+    init_text: str | None = "table-to-text:"
+    """Words whose keys/values start the prefix when --init text."""
+    positions: str = "keep"
+    """keep: real tokens at positions 0..n-1 (default); shifted: at P..P+n-1 as in PEFT."""
+    steps: int = 500
+    """Optimizer steps."""
+    batch_size: int = 8
+    """Examples per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    lr: float = 5e-3
+    """Peak learning rate of AdamW."""
+    warmup_steps: int = 20
+    """Linear warmup steps; then linear decay to zero at --steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0: off)."""
+    eval_every: int = 100
+    """Evaluate on the dev set every N steps (and at the end)."""
+    eval_sources: int = 40
+    """Distinct dev sources to generate for BLEU during training (0: all)."""
+    patience: int = 0
+    """Stop after this many evaluations without a better dev BLEU (0: never stop early)."""
+    checkpoint_every: int = 50
+    """Write a resumable checkpoint every N steps."""
+    max_source_tokens: int = 128
+    """Longer sources are truncated."""
+    max_target_tokens: int = 96
+    """Longer targets are truncated."""
+    max_new_tokens: int = 80
+    """Tokens generated per example at evaluation."""
+    num_beams: int = 1
+    """Beams for the evaluation during training (the final `evaluate` defaults to 5, as the paper)."""
+    max_train_examples: int = 0
+    """Use only the first N training examples (0: all), for low-data runs."""
+    seed: int = 0
+    """Seed for the prefix initialisation and the data order: the same seed gives the same prefix."""
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "grad_accum", "eval_every", "checkpoint_every", "max_new_tokens")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise PrefixTuneError(
+                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
+                )
+        if self.lr <= 0:
+            raise PrefixTuneError(f"--lr must be positive, got {self.lr}")
+        self.prefix_config()  # validates the prefix fields
+
+    def prefix_config(self) -> PrefixConfig:
+        init_text = self.init_text if self.init == "text" else None
+        return PrefixConfig(
+            length=self.length,
+            reparam=self.reparam,
+            mlp_hidden=self.mlp_hidden,
+            init=self.init,
+            init_text=init_text,
+            positions=self.positions,
+            seed=self.seed,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# Settings that may change when a run is resumed without changing what it computes.
+RESUMABLE_CHANGES = frozenset({"output", "checkpoint_every"})

@@ -1,0 +1,318 @@
+"""One training run: AdamW on the prefix only, warmup and linear decay, clipping, accumulation,
+length-bucketed batches, periodic evaluation keeping the best prefix, early stopping, atomic
+checkpoints that resume to the same prefix, and Ctrl-C that saves before it exits.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from prefixtune.api import add_prefix
+from prefixtune.data import Example, read_dataset
+from prefixtune.errors import PrefixTuneError
+from prefixtune.train import report
+from prefixtune.train.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
+from prefixtune.train.config import RESUMABLE_CHANGES, TrainConfig
+from prefixtune.train.encode import IGNORE, bucketed_batches, collate, encode_examples
+from prefixtune.train.evaluate import dev_loss, evaluate_prefix
+from prefixtune.train.loss import target_loss
+
+RUN_FILE = "run.json"
+PREFIX_DIR = "prefix"
+DEV_LOSS_EXAMPLES = 64
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or interrupted) run left behind."""
+
+    output: Path
+    prefix_path: Path
+    steps: int
+    best: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False
+    stopped_early: bool = False
+
+
+@dataclass
+class Cursor:
+    """Where the run is in the data: epoch and batch index. Batches are re-derived from the seed."""
+
+    seed: int
+    batch_size: int
+    lengths: list[int]
+    epoch: int = 0
+    index: int = 0
+    _batches: list[list[int]] | None = None
+
+    def next(self) -> list[int]:
+        if self._batches is None:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            self._batches = bucketed_batches(self.lengths, self.batch_size, generator)
+        batch = self._batches[self.index]
+        self.index += 1
+        if self.index == len(self._batches):
+            self.epoch, self.index, self._batches = self.epoch + 1, 0, None
+        return batch
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+
+def train(
+    config: TrainConfig, *, resume: bool = False, model_and_tokenizer=None, progress: bool = True
+) -> TrainResult:
+    """Run (or resume) training as `config` says; see `TrainConfig` for every setting.
+
+    Args:
+        model_and_tokenizer: an already loaded (base model, tokenizer), instead of loading `config.base`.
+    """
+    folder = prepare_output(config, resume)
+    train_set, dev_set = load_data(config)
+    base, tokenizer = model_and_tokenizer or _load_base(config.base)
+    model = add_prefix(base, config.prefix_config(), tokenizer=tokenizer)
+    encoded = encode_examples(train_set, tokenizer, config.max_source_tokens, config.max_target_tokens)
+    params = model.prefix_parameters()
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _warmup_then_decay(config.warmup_steps, config.steps)
+    )
+    cursor = Cursor(config.seed, config.batch_size, [len(e.input_ids) for e in encoded])
+    run = {"step": 0, "best": {}, "bad_evals": 0}
+    torch.manual_seed(config.seed)
+    if resume:
+        _restore(folder, model, optimizer, scheduler, cursor, run)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    context = _RunContext(config, folder, model, tokenizer, dev_set, optimizer, scheduler, cursor, run)
+    stopper = _Interrupt()
+    bar = tqdm(total=config.steps, initial=run["step"], disable=not progress, unit="step", dynamic_ncols=True)
+    model.train()
+    try:
+        while run["step"] < config.steps and not stopper.requested and not run.get("stopped_early"):
+            record = _step(model, encoded, cursor, pad, params, optimizer, scheduler, config)
+            run["step"] += 1
+            record["step"] = run["step"]
+            report.append_log(folder, record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            _after_step(context)
+    finally:
+        bar.close()
+        stopper.restore()
+    if stopper.requested:
+        context.checkpoint()
+    elif not dev_set:
+        model.save(folder / PREFIX_DIR, include_trainable=True)
+    report.plot_curve(folder)
+    return TrainResult(
+        folder,
+        folder / PREFIX_DIR,
+        run["step"],
+        run["best"],
+        stopper.requested,
+        bool(run.get("stopped_early")),
+    )
+
+
+@dataclass
+class _RunContext:
+    config: TrainConfig
+    folder: Path
+    model: Any
+    tokenizer: Any
+    dev_set: list[Example]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    cursor: Cursor
+    run: dict[str, Any]
+
+    def checkpoint(self) -> None:
+        prefix = self.model.prefixes["default"]
+        save_checkpoint(
+            self.folder,
+            {
+                "step": self.run["step"],
+                "best": self.run["best"],
+                "bad_evals": self.run["bad_evals"],
+                "stopped_early": self.run.get("stopped_early", False),
+                "cursor": self.cursor.state(),
+                "prefix": prefix.reparam.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "config": self.config.to_dict(),
+            },
+        )
+
+
+def _step(model, encoded, cursor, pad, params, optimizer, scheduler, config) -> dict[str, Any]:
+    """One optimizer step over `grad_accum` micro-batches; the loss is averaged over target tokens."""
+    start = time.perf_counter()
+    batches = [collate([encoded[i] for i in cursor.next()], pad) for _ in range(config.grad_accum)]
+    targets = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+    total = 0.0
+    for batch in batches:
+        loss, _ = target_loss(model, batch)
+        (loss / targets).backward()
+        total += loss.item()
+    if config.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - start
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    return {
+        "kind": "train",
+        "loss": total / targets,
+        "lr": scheduler.get_last_lr()[0],
+        "tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "seconds": seconds,
+    }
+
+
+def _after_step(ctx: _RunContext) -> None:
+    """Evaluate, keep the best prefix, stop early, checkpoint: whatever this step is due for."""
+    step, config = ctx.run["step"], ctx.config
+    evaluated = False
+    if ctx.dev_set and (step % config.eval_every == 0 or step == config.steps):
+        _evaluate(ctx)
+        evaluated = True
+    if evaluated or step % config.checkpoint_every == 0 or step == config.steps:
+        ctx.checkpoint()
+
+
+def _evaluate(ctx: _RunContext) -> None:
+    config, run = ctx.config, ctx.run
+    loss = dev_loss(
+        ctx.model,
+        ctx.tokenizer,
+        ctx.dev_set[:DEV_LOSS_EXAMPLES],
+        config.batch_size,
+        (config.max_source_tokens, config.max_target_tokens),
+    )
+    scores, _ = evaluate_prefix(
+        ctx.model,
+        ctx.tokenizer,
+        ctx.dev_set,
+        metrics=("BLEU",),
+        max_sources=config.eval_sources,
+        batch_size=config.batch_size,
+        max_new_tokens=config.max_new_tokens,
+        num_beams=config.num_beams,
+        max_source_tokens=config.max_source_tokens,
+    )
+    report.append_log(ctx.folder, {"kind": "eval", "step": run["step"], "dev_loss": loss, **scores})
+    tqdm.write(f"step {run['step']}: dev loss {loss:.3f}, dev BLEU {scores['BLEU']:.2f}")
+    if scores["BLEU"] > run["best"].get("BLEU", -1.0):
+        run["best"] = {"BLEU": scores["BLEU"], "dev_loss": loss, "step": run["step"]}
+        run["bad_evals"] = 0
+        ctx.model.save(ctx.folder / PREFIX_DIR, include_trainable=True)
+    else:
+        run["bad_evals"] += 1
+        if config.patience and run["bad_evals"] >= config.patience:
+            run["stopped_early"] = True
+            tqdm.write(f"stopping early: no better dev BLEU in {config.patience} evaluations")
+
+
+def _restore(folder, model, optimizer, scheduler, cursor, run) -> None:
+    state = load_checkpoint(folder)
+    model.prefixes["default"].reparam.load_state_dict(state["prefix"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    cursor.epoch, cursor.index = state["cursor"]["epoch"], state["cursor"]["index"]
+    for key in ("step", "best", "bad_evals", "stopped_early"):
+        run[key] = state.get(key, run.get(key))
+    report.truncate_log(folder, state["step"])
+
+
+def prepare_output(config: TrainConfig, resume: bool) -> Path:
+    """Check the run folder: new, or (with resume) holding this same run. Nothing is overwritten."""
+    folder = Path(config.output)
+    run_file = folder / RUN_FILE
+    if folder.exists() and not folder.is_dir():
+        raise PrefixTuneError(f"--output {folder} exists and is not a folder")
+    if resume:
+        if not run_file.exists():
+            raise PrefixTuneError(f"nothing to resume in {folder}: it holds no {RUN_FILE}")
+        stored = TrainConfig.from_dict(json.loads(run_file.read_text(encoding="utf-8")))
+        changed = sorted(
+            k for k, v in stored.to_dict().items() if config.to_dict()[k] != v and k not in RESUMABLE_CHANGES
+        )
+        if changed:
+            raise PrefixTuneError(
+                f"{folder} holds a run with other settings ({', '.join(changed)}); "
+                "resume it with its own settings or train into a new --output folder"
+            )
+        remove_stale_temporaries(folder)
+        return folder
+    if run_file.exists():
+        raise PrefixTuneError(
+            f"{folder} already holds a run; pass --resume to continue it, or choose another --output folder"
+        )
+    if folder.is_dir() and any(folder.iterdir()):
+        raise PrefixTuneError(f"--output {folder} holds other files; choose a new or empty folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    run_file.write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
+def load_data(config: TrainConfig) -> tuple[list[Example], list[Example]]:
+    """Read the training and dev sets; refuse an empty training set."""
+    if not config.train:
+        raise PrefixTuneError("no training data: pass --train PATH")
+    columns = {
+        "fmt": config.format,
+        "source_column": config.source_column,
+        "target_column": config.target_column,
+    }
+    train_set = read_dataset(config.train, **columns)
+    if config.max_train_examples:
+        train_set = train_set[: config.max_train_examples]
+    dev_set = read_dataset(config.dev, **columns) if config.dev else []
+    return train_set, dev_set
+
+
+def _load_base(name: str):
+    from prefixtune.loading import load_base
+
+    return load_base(name)
+
+
+def _warmup_then_decay(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+class _Interrupt:
+    """The first Ctrl-C asks the run to checkpoint and stop after the current step; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = signal.getsignal(signal.SIGINT)
+        try:
+            signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("interrupted: saving a checkpoint after this step (Ctrl-C again to abort)")
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)

@@ -1,0 +1,72 @@
+"""What a run reports: a JSONL metrics log, a loss/metric curve as PNG, and a progress line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+LOG = "metrics.jsonl"
+CURVE = "curve.png"
+
+
+def append_log(folder: Path, record: dict[str, Any]) -> None:
+    with open(folder / LOG, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def read_log(folder: Path) -> list[dict[str, Any]]:
+    path = folder / LOG
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a kill: the run will write it again
+            break
+    return records
+
+
+def truncate_log(folder: Path, last_step: int) -> None:
+    """Keep only records up to `last_step` (a resumed run rewrites what came after its checkpoint)."""
+    kept = [r for r in read_log(folder) if r.get("step", 0) <= last_step]
+    text = "".join(json.dumps(r) + "\n" for r in kept)
+    temporary = folder / f".{LOG}.tmp"
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(folder / LOG)
+
+
+def plot_curve(folder: Path) -> Path | None:
+    """Training loss, dev loss and dev BLEU against steps, as folder/curve.png."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    records = read_log(folder)
+    train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
+    dev = [r for r in records if r.get("kind") == "eval"]
+    fig, left = plt.subplots(figsize=(7, 4))
+    if train:
+        left.plot(*zip(*train, strict=True), label="train loss", color="tab:blue", alpha=0.7)
+    if dev:
+        left.plot(
+            [r["step"] for r in dev], [r["dev_loss"] for r in dev], "o-", label="dev loss", color="tab:cyan"
+        )
+    left.set_xlabel("step")
+    left.set_ylabel("loss")
+    left.legend(loc="upper left")
+    if any("BLEU" in r for r in dev):
+        right = left.twinx()
+        points = [(r["step"], r["BLEU"]) for r in dev if "BLEU" in r]
+        right.plot(*zip(*points, strict=True), "s-", color="tab:red", label="dev BLEU")
+        right.set_ylabel("BLEU")
+        right.legend(loc="upper right")
+    fig.tight_layout()
+    path = folder / CURVE
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
