@@ -202,3 +202,39 @@ def _swap_in(staging: Path, path: Path) -> None:
     os.replace(path, old)
     os.replace(staging, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def fold_folder(source: Path, target: Path) -> dict[str, Any]:
+    """Write `source` (a prefix folder) to `target` without its trainable state, the prefix recomputed
+    from that state when it is present. No base model is needed: the MLP alone produces the prefix.
+
+    Returns the prefix folder's metadata.
+    """
+    from prefixtune.layout import SlotLayout
+    from prefixtune.reparam import MlpPrefix
+
+    meta = read_meta(source)
+    layout = SlotLayout([SlotSpec(**s) for s in meta["slots"]])
+    tensors = _load_tensors(source / TENSORS_FILE)
+    state_file = source / TRAINABLE_FILE
+    if state_file.exists() and meta["config"].get("reparam") == "mlp":
+        state = _load_tensors(state_file)
+        length, embed_dim = state["embedding"].shape
+        mlp = MlpPrefix(length, layout.width, embed_dim, state["mlp.0.weight"].shape[0])
+        mlp.load_state_dict(state)
+        with torch.no_grad():
+            pairs = layout.split(mlp())
+        tensors = {}
+        for i, (key, value) in enumerate(pairs):
+            tensors[f"slots.{i}.key"] = key.contiguous()
+            tensors[f"slots.{i}.value"] = value.contiguous()
+    _check_target(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        save_file(tensors, staging / TENSORS_FILE, metadata={"format": FORMAT})
+        (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        _swap_in(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return meta

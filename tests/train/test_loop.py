@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_model
-from helpers import word_tokenizer, write_task
+from synthetic import word_tokenizer, write_task
 
 from prefixtune import PrefixTuneError, load_prefix
 from prefixtune.train import TrainConfig, train
@@ -126,9 +126,9 @@ def test_an_output_folder_holding_another_run_is_refused(tmp_path):
 RUNNER = textwrap.dedent(
     """
     import json, sys
-    sys.path[:0] = [{src!r}, {tests!r}, {tests!r} + "/train"]
+    sys.path[:0] = [{src!r}, {tests!r}]
     from conftest import make_model
-    from helpers import word_tokenizer
+    from synthetic import word_tokenizer
     from prefixtune.train import TrainConfig, train
     config = TrainConfig(**json.loads(sys.argv[1]))
     train(config, resume=sys.argv[2] == "resume", model_and_tokenizer=(make_model("llama"), word_tokenizer()),

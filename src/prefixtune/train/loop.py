@@ -40,6 +40,8 @@ class TrainResult:
     best: dict[str, float] = field(default_factory=dict)
     interrupted: bool = False
     stopped_early: bool = False
+    model: Any = field(default=None, repr=False)
+    """The PrefixModel as training left it (its "default" prefix is the last step's, not the best)."""
 
 
 @dataclass
@@ -75,8 +77,8 @@ def train(
     Args:
         model_and_tokenizer: an already loaded (base model, tokenizer), instead of loading `config.base`.
     """
+    train_set, dev_set = load_data(config)  # bad data fails before the run folder is created
     folder = prepare_output(config, resume)
-    train_set, dev_set = load_data(config)
     base, tokenizer = model_and_tokenizer or _load_base(config.base)
     model = add_prefix(base, config.prefix_config(), tokenizer=tokenizer)
     encoded = encode_examples(train_set, tokenizer, config.max_source_tokens, config.max_target_tokens)

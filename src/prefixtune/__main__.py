@@ -1,0 +1,5 @@
+import sys
+
+from prefixtune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,48 @@
+"""The `prefixtune` command: train, evaluate, generate, fold, info and demo.
+
+Each command is a plain function taking parsed options; `main` maps names to them. A user's mistake
+(a `PrefixTuneError`) prints one line naming the problem and exits 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from prefixtune.errors import PrefixTuneError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from prefixtune.cli import commands, demo
+
+    parser = argparse.ArgumentParser(
+        prog="prefixtune",
+        description="Prefix-tuning (Li & Liang 2021) for Hugging Face models: train, evaluate, generate.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (setup, run, summary) in {**commands.COMMANDS, **demo.COMMANDS}.items():
+        command = sub.add_parser(
+            name, help=summary, description=summary, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
+        setup(command)
+        command.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except PrefixTuneError as err:
+        print(f"prefixtune {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"prefixtune {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

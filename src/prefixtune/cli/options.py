@@ -1,0 +1,56 @@
+"""Command-line options generated from a frozen dataclass: its attribute docstrings become `--help`."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import textwrap
+import types
+import typing
+from typing import Any
+
+
+def attribute_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each attribute of a dataclass (read from its source)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, following in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
+                docs[node.target.id] = " ".join(str(following.value.value).split())
+    return docs
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One `--field-name` option per field; the default shows in the help."""
+    docs = attribute_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        kind = _base_type(hints[field.name])
+        flag = "--" + field.name.replace("_", "-")
+        help_text = f"{docs.get(field.name, '')} (default: {field.default})"
+        parser.add_argument(flag, dest=field.name, type=kind, default=argparse.SUPPRESS, help=help_text)
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace, base: dict[str, Any] | None = None):
+    """Build `cls` from `base` values overridden by the options the user gave."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    return cls(**{**(base or {}), **given})
+
+
+def explicit_options(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def _base_type(hint: Any) -> type:
+    """`int | None` -> int; the option then parses that type (None stays the default)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint

@@ -1,0 +1,272 @@
+"""Every CLI command on a tiny model saved as a Hugging Face folder, and the errors users meet."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_model
+from synthetic import word_tokenizer, write_task
+
+from prefixtune.cli import build_parser, main
+
+COMMANDS = ["train", "evaluate", "generate", "fold", "info", "demo"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> dict[str, Path]:
+    """A tiny base model folder, a task, and one trained run (shared by the tests below)."""
+    root = tmp_path_factory.mktemp("cli")
+    base = root / "tiny-llama"
+    make_model("llama").save_pretrained(base)
+    word_tokenizer().save_pretrained(base)
+    train_csv, dev_csv = write_task(root)
+    run = root / "run"
+    code = main(
+        [
+            "train",
+            "--train",
+            str(train_csv),
+            "--dev",
+            str(dev_csv),
+            "--output",
+            str(run),
+            "--base",
+            str(base),
+            "--steps",
+            "30",
+            "--eval-every",
+            "15",
+            "--init",
+            "random",
+            "--lr",
+            "0.03",
+            "--length",
+            "4",
+            "--mlp-hidden",
+            "32",
+            "--max-new-tokens",
+            "6",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    return {
+        "root": root,
+        "base": base,
+        "train": train_csv,
+        "dev": dev_csv,
+        "run": run,
+        "prefix": run / "prefix",
+    }
+
+
+def test_train_writes_the_run_folder(workspace, capsys):
+    run = workspace["run"]
+    assert {"run.json", "checkpoint.pt", "metrics.jsonl", "curve.png", "prefix"} <= {
+        p.name for p in run.iterdir()
+    }
+    assert json.loads((run / "run.json").read_text())["steps"] == 30
+
+
+def test_train_refuses_a_folder_holding_a_run_and_overwrites_nothing(workspace, capsys):
+    before = {p.name: p.stat().st_mtime_ns for p in workspace["run"].iterdir()}
+    code = main(
+        [
+            "train",
+            "--train",
+            str(workspace["train"]),
+            "--output",
+            str(workspace["run"]),
+            "--base",
+            str(workspace["base"]),
+            "--quiet",
+        ]
+    )
+    assert code == 2
+    assert "already holds a run; pass --resume" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in workspace["run"].iterdir()} == before
+
+
+def test_resume_of_a_finished_run_changes_nothing(workspace, capsys):
+    code = main(["train", "--resume", "--output", str(workspace["run"]), "--quiet"])
+    assert code == 0
+    assert "trained 30 steps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("problem", "message"),
+    [
+        ("missing", "not found"),
+        ("column", "target"),
+        ("empty", "empty"),
+        ("latin1", "UTF-8"),
+    ],
+)
+def test_train_rejects_bad_data_with_a_clear_message(workspace, tmp_path, capsys, problem, message):
+    data = tmp_path / "data.csv"
+    if problem == "column":
+        data.write_text("source,text\na,b\n", encoding="utf-8")
+    elif problem == "empty":
+        data.write_text("source,target\n", encoding="utf-8")
+    elif problem == "latin1":
+        data.write_bytes("source,target\ncaf\xe9,b\n".encode("latin-1"))
+    code = main(
+        ["train", "--train", str(data), "--output", str(tmp_path / "out"), "--base", str(workspace["base"])]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing created, so a corrected retry is not blocked
+
+
+def test_evaluate_prints_and_writes_scores(workspace, tmp_path, capsys):
+    out = tmp_path / "scores.json"
+    code = main(
+        [
+            "evaluate",
+            "--prefix",
+            str(workspace["prefix"]),
+            "--base",
+            str(workspace["base"]),
+            "--data",
+            str(workspace["dev"]),
+            "--metrics",
+            "BLEU,ROUGE_L",
+            "--num-beams",
+            "2",
+            "--max-new-tokens",
+            "6",
+            "--output",
+            str(out),
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "BLEU" in printed and "ROUGE_L" in printed
+    saved = json.loads(out.read_text())
+    assert set(saved["scores"]) == {"BLEU", "ROUGE_L"} and saved["outputs"][0]["references"]
+    assert (
+        main(
+            [
+                "evaluate",
+                "--prefix",
+                str(workspace["prefix"]),
+                "--base",
+                str(workspace["base"]),
+                "--data",
+                str(workspace["dev"]),
+                "--output",
+                str(out),
+            ]
+        )
+        == 2
+    )  # never overwrites
+
+
+def test_evaluate_without_a_prefix_scores_the_bare_model(workspace, capsys):
+    code = main(
+        [
+            "evaluate",
+            "--no-prefix",
+            "--base",
+            str(workspace["base"]),
+            "--data",
+            str(workspace["dev"]),
+            "--metrics",
+            "BLEU",
+            "--num-beams",
+            "1",
+            "--max-new-tokens",
+            "6",
+        ]
+    )
+    assert code == 0
+    assert "BLEU" in capsys.readouterr().out
+
+
+def test_generate_prints_one_line_per_source(workspace, capsys):
+    code = main(
+        [
+            "generate",
+            "--prefix",
+            str(workspace["prefix"]),
+            "--base",
+            str(workspace["base"]),
+            "--max-new-tokens",
+            "6",
+            "--num-beams",
+            "1",
+            "w20 w30",
+            "w40",
+        ]
+    )
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("w") for line in lines)
+
+
+def test_a_prefix_for_another_model_is_refused(workspace, tmp_path, capsys):
+    other = tmp_path / "tiny-gemma"
+    make_model("gemma3").save_pretrained(other)
+    word_tokenizer().save_pretrained(other)
+    code = main(["generate", "--prefix", str(workspace["prefix"]), "--base", str(other), "w20"])
+    assert code == 2
+    assert "attention layers" in capsys.readouterr().err
+
+
+def test_fold_drops_the_trainable_state_and_info_describes_both(workspace, tmp_path, capsys):
+    folded = tmp_path / "folded"
+    assert main(["fold", str(workspace["prefix"]), str(folded)]) == 0
+    assert sorted(p.name for p in folded.iterdir()) == ["prefix.safetensors", "prefix_config.json"]
+    assert main(["info", str(workspace["prefix"])]) == 0
+    full = capsys.readouterr().out
+    assert "kept (prefixtune fold drops it)" in full and "LlamaForCausalLM" in full and "2 layers" in full
+    assert main(["info", str(folded)]) == 0
+    assert "none (folded)" in capsys.readouterr().out
+    # the folded prefix gives the same generations
+    outputs = []
+    for prefix in (workspace["prefix"], folded):
+        main(
+            [
+                "generate",
+                "--prefix",
+                str(prefix),
+                "--base",
+                str(workspace["base"]),
+                "--max-new-tokens",
+                "5",
+                "--num-beams",
+                "1",
+                "w21 w33",
+            ]
+        )
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1]
+
+
+def test_info_on_a_folder_that_is_not_a_prefix(tmp_path, capsys):
+    assert main(["info", str(tmp_path)]) == 2
+    assert "not a prefix folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_explains_every_option(command):
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices[command]
+    for action in sub._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and len(action.help) > 10, (command, action.dest)
+
+
+def test_the_module_entry_point_runs():
+    done = subprocess.run(
+        [sys.executable, "-m", "prefixtune", "info", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent,
+    )
+    assert done.returncode == 0 and "prefix folder" in done.stdout
