@@ -6,22 +6,35 @@ The public API:
 - `load_prefix(model, path)`: put a saved prefix on a model.
 - `load_base(name_or_path)`: a base model and tokenizer from a folder, a `.gguf` file or an alias.
 - `PrefixModel`: what `add_prefix` returns (`forward`, `generate`, `fold`, `save`).
+
+Names are imported on first use, so `prefixtune.data` and `prefixtune.metrics` load without torch.
 """
 
-from prefixtune.api import add_prefix, load_prefix
-from prefixtune.config import PrefixConfig
-from prefixtune.errors import PrefixTuneError
-from prefixtune.model import PrefixModel
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prefixtune.api import add_prefix, load_prefix
+    from prefixtune.config import PrefixConfig
+    from prefixtune.errors import PrefixTuneError
+    from prefixtune.loading import load_base
+    from prefixtune.model import PrefixModel
+
+_EXPORTS = {
+    "PrefixConfig": "prefixtune.config",
+    "PrefixModel": "prefixtune.model",
+    "PrefixTuneError": "prefixtune.errors",
+    "add_prefix": "prefixtune.api",
+    "load_base": "prefixtune.loading",
+    "load_prefix": "prefixtune.api",
+}
 __all__ = ["PrefixConfig", "PrefixModel", "PrefixTuneError", "add_prefix", "load_base", "load_prefix"]
 __version__ = "0.1.0"
 
 
-def load_base(name_or_path, **kwargs):
-    """A (model, tokenizer) pair from a Hugging Face folder, a `.gguf` file or an alias.
-
-    See `prefixtune.loading.load_base` for the arguments.
-    """
-    from prefixtune.loading import load_base as _load_base
-
-    return _load_base(name_or_path, **kwargs)
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'prefixtune' has no attribute {name!r}")

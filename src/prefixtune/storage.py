@@ -164,7 +164,9 @@ def fingerprint(model: PrefixModel) -> dict[str, Any]:
     sample: list[float] = []
     for tensor in tensors:
         flat = tensor.detach().flatten()
-        index = torch.linspace(0, flat.numel() - 1, _SAMPLES_PER_TENSOR).long().to(flat.device)
+        # integer spacing: float linspace rounds past the last index of tensors over 2**24 elements
+        steps = torch.arange(_SAMPLES_PER_TENSOR, device=flat.device)
+        index = steps * (flat.numel() - 1) // (_SAMPLES_PER_TENSOR - 1)
         sample += flat.index_select(0, index).float().cpu().tolist()
     return {
         "architecture": type(base).__name__,
