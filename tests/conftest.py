@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     Gemma3ForCausalLM,
     Gemma3TextConfig,
@@ -15,7 +14,6 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
-    PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
@@ -23,7 +21,6 @@ from transformers import (
 VOCAB = 96
 # Larger than the usual 0.02 so that attention is far from uniform and position or mask errors show.
 INIT = 0.15
-WORDS = ["<pad>", "<unk>", "<eos>"] + [f"w{i}" for i in range(VOCAB - 3)]
 
 
 def _gpt2(attn: str):
@@ -112,16 +109,11 @@ def family(request) -> str:
 
 
 @pytest.fixture
-def tokenizer() -> PreTrainedTokenizerFast:
+def tokenizer():
     """A whitespace word-level tokenizer over the tiny models' vocabulary ("w0".."w92")."""
-    vocab = {w: i for i, w in enumerate(WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>"
-    )
-    fast.padding_side = "left"
-    return fast
+    from synthetic import word_tokenizer
+
+    return word_tokenizer()
 
 
 def random_ids(rows: int, length: int, seed: int = 1) -> torch.Tensor:
