@@ -1,7 +1,16 @@
 """The training loss, computing vocabulary logits only where a target token is predicted.
 
 The vocabulary projection is the largest single matrix product in a small model's step (SmolLM2:
-576 x 49,152 per position); prompt positions take no loss, so their logits are never computed.
+576 x 49,152 per position); prompt and padding positions take no loss, so their logits are never
+computed. Two steps get there:
+
+1. `logits_to_keep` (a 1-D tensor of positions, shared by the batch's rows) trims the columns that
+   no row needs, inside the model.
+2. A forward pre-hook on the output layer gathers, from what is left, only each row's own target
+   positions, so the projection sees (1, N, H) with N the batch's target token count. Rows of
+   different prompt lengths would otherwise pay for each other's prompts. The hook changes only the
+   input of the output layer, so whatever a model family does after it (Gemma's logit soft-capping)
+   still applies.
 """
 
 from __future__ import annotations
@@ -16,20 +25,44 @@ def target_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, in
     """Summed next-token cross-entropy over target tokens, and how many there were.
 
     Args:
+        model: a PrefixModel (or a Hugging Face causal LM).
         batch: input_ids, attention_mask, labels, each (B, L); labels are IGNORE off-target.
     """
-    labels = batch["labels"]
-    next_labels = labels[:, 1:]  # (B, L-1): position t predicts token t+1
-    keep = (next_labels != IGNORE).any(dim=0).nonzero().squeeze(1)  # (K,) positions any row needs
-    out = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        logits_to_keep=keep,
-        use_cache=False,
-    )
-    logits = out.logits  # (B, K, V)
-    targets = next_labels[:, keep]  # (B, K)
-    loss = functional.cross_entropy(
-        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum"
-    )
-    return loss, int((targets != IGNORE).sum())
+    next_labels = batch["labels"][:, 1:]  # (B, L-1): position t predicts token t+1
+    wanted = next_labels != IGNORE  # (B, L-1)
+    keep = wanted.any(dim=0).nonzero().squeeze(1)  # (K,) positions some row needs
+    rows_wanted = wanted[:, keep]  # (B, K)
+    head = _output_layer(model)
+    handle = None
+    if head is not None:
+        handle = head.register_forward_pre_hook(lambda _m, args: _gather(args, rows_wanted))
+    try:
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            logits_to_keep=keep,
+            use_cache=False,
+        )
+    finally:
+        if handle is not None:
+            handle.remove()
+    targets = next_labels[:, keep][rows_wanted]  # (N,)
+    logits = out.logits.reshape(-1, out.logits.shape[-1])  # (N, V) gathered, or (B*K, V) without a head
+    if head is None:
+        targets = next_labels[:, keep].flatten()
+    loss = functional.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum")
+    return loss, int(rows_wanted.sum())
+
+
+def _gather(args: tuple, rows_wanted: torch.Tensor) -> tuple:
+    """(B, K, H) hidden states -> (1, N, H): only each row's own target positions."""
+    hidden = args[0]
+    if hidden.shape[:2] != rows_wanted.shape:  # not the call this loss made (e.g. a nested model)
+        return args
+    return (hidden[rows_wanted][None], *args[1:])
+
+
+def _output_layer(model) -> torch.nn.Module | None:
+    base = getattr(model, "base", model)
+    getter = getattr(base, "get_output_embeddings", None)
+    return getter() if getter is not None else None
