@@ -270,3 +270,23 @@ def test_the_module_entry_point_runs():
         cwd=Path(__file__).parent,
     )
     assert done.returncode == 0 and "prefix folder" in done.stdout
+
+
+def test_demo_trains_scores_and_shows_generations(tmp_path, capsys):
+    """The demo end to end, on the tiny model: bare BLEU, training, BLEU with the prefix, samples."""
+    base = tmp_path / "tiny-llama-long"  # E2E prompts plus 60 new tokens exceed the usual 64 positions
+    model = make_model("llama")
+    model.config.max_position_embeddings = 512
+    model.save_pretrained(base)
+    word_tokenizer().save_pretrained(base)
+    output = tmp_path / "demo"
+    code = main(
+        ["demo", "--base", str(base), "--steps", "4", "--eval-sources", "3", "--show", "2"]
+        + ["--output", str(output), "--quiet"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.count("\ninput      : ") == 2 and out.count("with prefix: ") == 2
+    assert "E2E dev BLEU (3 inputs, greedy): base model " in out
+    assert f"prefix saved to {output / 'prefix'}" in out
+    assert (output / "prefix" / "prefix.safetensors").is_file() and (output / "curve.png").is_file()

@@ -121,6 +121,7 @@ def train(
         run["best"],
         stopper.requested,
         bool(run.get("stopped_early")),
+        model,
     )
 
 

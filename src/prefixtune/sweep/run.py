@@ -1,0 +1,117 @@
+"""Run every point of a sweep as a normal training run, and reduce each to one result row.
+
+Runs live in `OUTPUT/runs/NAME/`, each an ordinary run folder (`prefixtune train --resume` works on
+it). A run that finished has `row.json` beside its files and is skipped when the sweep is started
+again; a run that was interrupted is resumed. Base models are loaded once and shared across runs.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from prefixtune.errors import PrefixTuneError
+from prefixtune.sweep.grid import Point
+from prefixtune.train.loop import RUN_FILE, train
+from prefixtune.train.report import read_log
+
+ROW_FILE = "row.json"
+RUNS_DIR = "runs"
+LOSS_WINDOW = 0.1
+"""The last fraction of training steps whose loss is averaged as the run's final training loss."""
+
+
+def run_points(points: list[Point], folder: Path, *, progress: bool = True, log=print) -> list[dict]:
+    """Train every point not yet finished; returns the rows of all points, in grid order."""
+    bases: dict[str, Any] = {}
+    rows = []
+    for number, point in enumerate(points, 1):
+        run_folder = folder / RUNS_DIR / point.name
+        done = run_folder / ROW_FILE
+        if done.is_file():
+            log(f"[{number}/{len(points)}] {point.name}: finished earlier, kept")
+            rows.append(json.loads(done.read_text(encoding="utf-8")))
+            continue
+        resume = (run_folder / RUN_FILE).is_file()
+        log(f"[{number}/{len(points)}] {point.name}: {'resuming' if resume else 'training'}")
+        row = _run_one(point, run_folder, resume, bases, progress)
+        if row is None:  # interrupted: the run checkpointed; the sweep stops and can be restarted
+            raise KeyboardInterrupt
+        done.write_text(json.dumps(row, indent=1) + "\n", encoding="utf-8")
+        rows.append(row)
+    return rows
+
+
+def _run_one(point: Point, folder: Path, resume: bool, bases: dict, progress: bool) -> dict | None:
+    config = point.config.replace(output=str(folder))
+    if config.base not in bases:
+        from prefixtune.loading import load_base
+
+        bases[config.base] = load_base(config.base)
+    started = time.perf_counter()
+    result = train(config, resume=resume, model_and_tokenizer=bases[config.base], progress=progress)
+    try:
+        if result.interrupted:
+            return None
+        trainable = sum(p.numel() for p in result.model.prefix_parameters())
+    finally:
+        result.model.unload()  # the shared base model goes back to its plain attention
+    return summarise(point, folder, result.steps, trainable, time.perf_counter() - started)
+
+
+def summarise(point: Point, folder: Path, steps: int, trainable: int, seconds: float) -> dict:
+    """One row: the point's values, what the run reached, its size and cost."""
+    records = read_log(folder)
+    losses = [r["loss"] for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    window = losses[-max(1, int(len(losses) * LOSS_WINDOW)) :]
+    row: dict[str, Any] = {
+        "run": point.name,
+        **point.values,
+        "steps": steps,
+        "train_loss": statistics.fmean(window) if window else None,
+        "train_loss_std": statistics.pstdev(window) if len(window) > 1 else 0.0,
+        "trainable_params": trainable,
+        "prefix_bytes": _stored_bytes(folder / "prefix"),
+        "seconds": round(seconds, 1),
+        "loss_curve": losses,
+    }
+    if evals:
+        best = max(evals, key=lambda r: r.get("BLEU", float("-inf")))
+        row.update(
+            best_BLEU=best.get("BLEU"),
+            best_step=best["step"],
+            final_BLEU=evals[-1].get("BLEU"),
+            final_dev_loss=evals[-1].get("dev_loss"),
+        )
+    return row
+
+
+def _stored_bytes(prefix_folder: Path) -> int | None:
+    """What a user ships: the folded prefix tensors and its config (not the trainable extras)."""
+    from prefixtune.storage import CONFIG_FILE, TENSORS_FILE
+
+    files = [prefix_folder / CONFIG_FILE, prefix_folder / TENSORS_FILE]
+    if not all(f.is_file() for f in files):
+        return None
+    return sum(f.stat().st_size for f in files)
+
+
+def check_folder(folder: Path, axes: dict[str, list], fixed: dict[str, Any]) -> None:
+    """A sweep folder is new, or holds this same sweep (same axes and fixed settings)."""
+    plan = folder / "sweep.json"
+    wanted = {"axes": axes, "fixed": fixed}
+    if plan.is_file():
+        stored = json.loads(plan.read_text(encoding="utf-8"))
+        if stored != json.loads(json.dumps(wanted)):
+            raise PrefixTuneError(
+                f"{folder} holds a sweep with other settings; run that one again or choose a new --output"
+            )
+        return
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise PrefixTuneError(f"--output {folder} holds other files; choose a new or empty folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    plan.write_text(json.dumps(wanted, indent=1) + "\n", encoding="utf-8")
