@@ -180,3 +180,14 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     state = torch.load(Path(config.output) / "checkpoint.pt", weights_only=False)
     assert 5 <= state["step"] < 100000
     assert state["step"] == read_log(Path(config.output))[-1]["step"]
+
+
+def test_low_data_runs_draw_their_examples_with_the_seed(tmp_path):
+    from prefixtune.train.loop import load_data
+
+    full, _ = load_data(_config(tmp_path))
+    draws = {seed: load_data(_config(tmp_path, max_train_examples=10, seed=seed))[0] for seed in (0, 1)}
+    assert all(len(d) == 10 and set(d) <= set(full) for d in draws.values())
+    assert draws[0] != draws[1]  # another seed, other examples
+    assert load_data(_config(tmp_path, max_train_examples=10, seed=0))[0] == draws[0]
+    assert load_data(_config(tmp_path, max_train_examples=10_000))[0] == full

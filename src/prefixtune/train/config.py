@@ -71,7 +71,7 @@ class TrainConfig:
     num_beams: int = 1
     """Beams for the evaluation during training (the final `evaluate` defaults to 5, as the paper)."""
     max_train_examples: int = 0
-    """Use only the first N training examples (0: all), for low-data runs."""
+    """Train on N examples drawn at random with --seed (0: all), for low-data runs."""
     seed: int = 0
     """Seed for the prefix initialisation and the data order: the same seed gives the same prefix."""
 

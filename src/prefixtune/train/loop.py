@@ -6,6 +6,7 @@ checkpoints that resume to the same prefix, and Ctrl-C that saves before it exit
 from __future__ import annotations
 
 import json
+import random
 import signal
 import time
 from dataclasses import dataclass, field
@@ -278,8 +279,10 @@ def load_data(config: TrainConfig) -> tuple[list[Example], list[Example]]:
         "target_column": config.target_column,
     }
     train_set = read_dataset(config.train, **columns)
-    if config.max_train_examples:
-        train_set = train_set[: config.max_train_examples]
+    if 0 < config.max_train_examples < len(train_set):
+        # A low-data run trains on a random subsample drawn with the run's seed, as Li & Liang's
+        # low-data experiments do: several seeds then also spread over which examples were seen.
+        train_set = random.Random(config.seed).sample(train_set, config.max_train_examples)
     dev_set = read_dataset(config.dev, **columns) if config.dev else []
     return train_set, dev_set
 
