@@ -46,8 +46,9 @@ class TrainConfig:
     """Examples per micro-batch."""
     grad_accum: int = 1
     """Micro-batches per optimizer step."""
-    lr: float = 5e-3
-    """Peak learning rate of AdamW."""
+    lr: float = 1e-3
+    """Peak learning rate of AdamW. (On SmolLM2-135M with the MLP, 5e-3 diverged within 100 steps for
+    text-initialised prefixes and for PEFT's; 1e-3 trains both smoothly: docs/BENCHMARKS.md.)"""
     warmup_steps: int = 20
     """Linear warmup steps; then linear decay to zero at --steps."""
     weight_decay: float = 0.0
