@@ -12,7 +12,11 @@ projected, rotated (RoPE) and merged with the KV cache, so
 - sliding-window layers (Gemma, Mistral) keep the prefix visible to every query: it is the task's
   instruction, not an old token to forget. As P past tokens (PEFT) it would drop out of the window;
 - nothing here knows a model family. Shapes (key/value heads, head size) are read off the tensors
-  the attention modules pass in, during a probe forward (`probe`).
+  the attention modules pass in, during a probe forward (`probe`);
+- encoder-decoder models have three kinds of slot, told apart by sequence lengths in the probe
+  (`slot_kind`): the encoder's self-attention, the decoder's, and cross-attention, whose prefix is
+  concatenated to the cached encoder keys on every call and so never stored. T5's relative position
+  bias, handed over as `position_bias`, gets zero columns for the prefix (`_extend_position_bias`).
 
 The alternative, wrapping each attention module, cannot reach the keys after RoPE without
 re-implementing each family's attention; the interface hands them to us, so we use it. The function

@@ -224,3 +224,18 @@ def test_t5_prefix_columns_get_zero_position_bias():
 def test_shifted_positions_are_refused_for_encoder_decoder_models():
     with pytest.raises(PrefixTuneError, match='positions="shifted" is for decoder-only models'):
         add_prefix(make_seq2seq("bart"), PrefixConfig(length=2, positions="shifted"))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(core):
+    batch = _batch()
+    labels = batch.pop("decoder_input_ids")
+    grads = []
+    for checkpointing in (False, True):
+        model = _prefixed(core)
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model(**batch, labels=labels).loss.backward()
+        grads.append([p.grad.clone() for p in model.prefix_parameters("default")])
+    for plain, checkpointed in zip(*grads, strict=True):
+        torch.testing.assert_close(plain, checkpointed, rtol=1e-5, atol=1e-6)
