@@ -51,6 +51,7 @@ def probe_inputs(model: nn.Module) -> dict[str, torch.Tensor]:
     ids = torch.arange(1, 4, device=device).clamp(max=vocab - 1)[None]  # (1, 3)
     inputs = {"input_ids": ids}
     if getattr(model.config, "is_encoder_decoder", False):
+        # shorter than the encoder's input: `inject.slot_kind` tells the attention kinds apart by length
         inputs["decoder_input_ids"] = ids[:, :2]
     return inputs
 

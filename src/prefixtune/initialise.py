@@ -43,7 +43,12 @@ def record_keys_values(
     """Run the frozen model on `input_ids` (1, n) with no prefix; return its keys/values as (n, W)."""
     saved, injector.current, injector.recording = injector.current, None, {}
     try:
-        base(input_ids=input_ids.to(_device(base)), use_cache=False)
+        inputs = {"input_ids": input_ids.to(_device(base))}
+        if getattr(base.config, "is_encoder_decoder", False):
+            # the text through the decoder too: decoder self-attention slots take its decoder keys,
+            # cross-attention slots the projection of its encoder output, all n long
+            inputs["decoder_input_ids"] = inputs["input_ids"]
+        base(**inputs, use_cache=False)
         recorded = injector.recording
     finally:
         injector.current, injector.recording = saved, None

@@ -12,7 +12,11 @@ projected, rotated (RoPE) and merged with the KV cache, so
 - sliding-window layers (Gemma, Mistral) keep the prefix visible to every query: it is the task's
   instruction, not an old token to forget. As P past tokens (PEFT) it would drop out of the window;
 - nothing here knows a model family. Shapes (key/value heads, head size) are read off the tensors
-  the attention modules pass in, during a probe forward (`probe`).
+  the attention modules pass in, during a probe forward (`probe`);
+- encoder-decoder models have three kinds of slot, told apart by sequence lengths in the probe
+  (`slot_kind`): the encoder's self-attention, the decoder's, and cross-attention, whose prefix is
+  concatenated to the cached encoder keys on every call and so never stored. T5's relative position
+  bias, handed over as `position_bias`, gets zero columns for the prefix (`_extend_position_bias`).
 
 The alternative, wrapping each attention module, cannot reach the keys after RoPE without
 re-implementing each family's attention; the interface hands them to us, so we use it. The function
@@ -134,6 +138,7 @@ def prefix_attention(
         prefix_key = batch.keys[binding.index].to(key.dtype).expand(query.shape[0], -1, -1, -1)
         prefix_value = batch.values[binding.index].to(value.dtype).expand(query.shape[0], -1, -1, -1)
         attention_mask = extend_mask(attention_mask, batch.visible, query, key, batch.length, causal)
+        kwargs = _extend_position_bias(kwargs, key.shape[2], batch.length)
         key = torch.cat([prefix_key, key], dim=2)  # (B, H_kv, P + K, D)
         value = torch.cat([prefix_value, value], dim=2)  # (B, H_kv, P + K, D)
     if binding.eager:
@@ -172,6 +177,22 @@ def extend_mask(
     mask = mask.expand(rows, -1, q_len, -1)
     prefix_cols = prefix_cols.expand(rows, mask.shape[1], q_len, prefix_len)
     return torch.cat([prefix_cols, mask], dim=-1)
+
+
+def _extend_position_bias(kwargs: dict, k_len: int, prefix_len: int) -> dict:
+    """Give the prefix columns a zero additive position bias (T5, mT5 and the families sharing its code).
+
+    These families add a relative position bias (1 or B, H, Q, K) to the scores and hand it to the
+    attention function as the `position_bias` keyword, so it is extended here with the mask, in no
+    family-specific code. A prefix vector has no position (as with `positions="keep"`): its score is
+    the plain q.k, the same for every query whatever its position; real tokens keep their bias.
+    Departs from PEFT, whose prefix enters T5 as past keys and so gets the bias of a distance.
+    """
+    bias = kwargs.get("position_bias")
+    if not isinstance(bias, torch.Tensor) or bias.shape[-1] != k_len:
+        return kwargs
+    zeros = bias.new_zeros(*bias.shape[:-1], prefix_len)  # (1 or B, H, Q, P)
+    return {**kwargs, "position_bias": torch.cat([zeros, bias], dim=-1)}  # (1 or B, H, Q, P + K)
 
 
 def _default_mask(q_len: int, k_len: int, causal: bool, device: torch.device) -> torch.Tensor:
@@ -290,7 +311,41 @@ def probe(model: nn.Module, probe_inputs: dict[str, torch.Tensor]) -> list[tuple
     for module, query, key, _ in calls:
         if id(module) not in found:  # a module reused across layers (weight sharing) gets one slot
             spec = SlotSpec(
-                names[id(module)], kv_heads=key.shape[1], head_dim=key.shape[3], heads=query.shape[1]
+                names[id(module)],
+                kv_heads=key.shape[1],
+                head_dim=key.shape[3],
+                heads=query.shape[1],
+                kind=slot_kind(names[id(module)], query, key, probe_inputs),
             )
             found[id(module)] = (module, spec)
     return list(found.values())
+
+
+def slot_kind(
+    name: str, query: torch.Tensor, key: torch.Tensor, probe_inputs: dict[str, torch.Tensor]
+) -> str:
+    """Whether a probed attention call is `self`, `decoder` or `cross` attention (see `SlotSpec.kind`).
+
+    Read off the sequence lengths, not off module attributes: the probe gives an encoder-decoder
+    model an encoder input and a decoder input of different lengths (`api.probe_inputs`), so the
+    query comes from the decoder exactly when its length is the decoder's, and the keys from the
+    encoder exactly when theirs is the encoder's. This holds for any family (BART's modules know
+    `is_decoder` but not whether they are cross-attention; T5's only through its config), and it
+    needs nothing a family might name differently.
+    """
+    decoder = probe_inputs.get("decoder_input_ids")
+    if decoder is None:
+        return "self"
+    source_len, target_len = probe_inputs["input_ids"].shape[1], decoder.shape[1]
+    lengths = (query.shape[2], key.shape[2])
+    kinds = {
+        (source_len, source_len): "self",
+        (target_len, target_len): "decoder",
+        (target_len, source_len): "cross",
+    }
+    if source_len == target_len or lengths not in kinds:
+        raise PrefixTuneError(
+            f"cannot tell what {name} attends over (queries {lengths[0]}, keys {lengths[1]} long, "
+            f"encoder input {source_len}, decoder input {target_len}); this model is not supported"
+        )
+    return kinds[lengths]

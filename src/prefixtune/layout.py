@@ -24,6 +24,11 @@ class SlotSpec:
     """Size of one head's key/value vector."""
     heads: int
     """Query heads (for information; the prefix is stored at kv_heads)."""
+    kind: str = "self"
+    """What the module attends over, read off its tensors in the probe (see `inject.slot_kind`):
+    `self` (the model's input: every layer of a decoder-only model or of an encoder, and an
+    encoder-decoder's encoder), `decoder` (an encoder-decoder's decoder self-attention) or `cross`
+    (decoder queries over the encoder's output). Each kind gets its own reparametrisation."""
 
     @property
     def width(self) -> int:
@@ -53,6 +58,17 @@ class SlotLayout:
             kv = chunk.view(length, 2, slot.kv_heads, slot.head_dim)  # (P, 2, H_kv, D)
             out.append((kv[:, 0].transpose(0, 1), kv[:, 1].transpose(0, 1)))  # (H_kv, P, D) each
         return out
+
+    @property
+    def kinds(self) -> list[str]:
+        """The slot kinds present, in order of first appearance."""
+        return list(dict.fromkeys(s.kind for s in self.slots))
+
+    def columns(self, kind: str) -> torch.Tensor:
+        """(W_kind,) the flat matrix's column indices that belong to slots of `kind`, in order."""
+        starts = torch.tensor([0] + [s.width for s in self.slots]).cumsum(0)
+        spans = [torch.arange(starts[i], starts[i + 1]) for i, s in enumerate(self.slots) if s.kind == kind]
+        return torch.cat(spans)
 
     def join(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Inverse of `split`: per slot (key, value) of (H_kv, P, D) -> (P, W)."""

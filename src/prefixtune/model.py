@@ -51,6 +51,7 @@ class PrefixModel(nn.Module):
             raise PrefixTuneError(
                 f"a prefix named {name!r} already exists; remove it first or pick another name"
             )
+        _check_positions(config, self.base)
         length = resolve_length(config, tokenizer)
         rng = torch.random.fork_rng() if config.seed is not None else contextlib.nullcontext()
         with rng:
@@ -198,6 +199,17 @@ class PrefixModel(nn.Module):
         self._hook_handle.remove()
         detach(self.base, self.injector)
         return self.base
+
+
+def _check_positions(config: PrefixConfig, base: nn.Module) -> None:
+    """`shifted` is refused for encoder-decoder models: its reference (PEFT, the paper's GPT-2 code)
+    treats the prefix as past tokens of one causal stream, which an encoder and a decoder with
+    separate position counts (T5: relative bias) do not have. Their prefixes have no position."""
+    if config.positions == "shifted" and getattr(base.config, "is_encoder_decoder", False):
+        raise PrefixTuneError(
+            'positions="shifted" is for decoder-only models; an encoder-decoder prefix has no position '
+            '(T5: zero relative bias for the prefix columns): use positions="keep"'
+        )
 
 
 def _rows(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> int:

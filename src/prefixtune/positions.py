@@ -27,6 +27,8 @@ class PositionHook:
 
     def __call__(self, module, args: tuple, kwargs: dict[str, Any]):
         batch = self.owner.injector.current
+        # Encoder-decoder prefixes have no position (`shifted` is refused in model._check_positions) and
+        # take no place in BART's position table, so there is nothing to shift and no window to check.
         if batch is None or self.owner.config.is_encoder_decoder:
             return None
         tokens = kwargs.get("input_ids", args[0] if args else None)

@@ -7,7 +7,7 @@ from torch import nn
 
 from prefixtune.config import PrefixConfig
 from prefixtune.layout import SlotLayout
-from prefixtune.reparam import FlatPrefix, MlpPrefix
+from prefixtune.reparam import FlatPrefix, MlpPrefix, PerKindPrefix
 
 
 class Prefix(nn.Module):
@@ -17,10 +17,7 @@ class Prefix(nn.Module):
         super().__init__()
         self.config = config.replace(length=length)
         self.layout = layout
-        if config.reparam == "mlp":
-            self.reparam: nn.Module = MlpPrefix(length, layout.width, embed_dim, config.mlp_hidden)
-        else:
-            self.reparam = FlatPrefix(length, layout.width)
+        self.reparam = _build_reparam(config, layout, length, embed_dim)
 
     @property
     def length(self) -> int:
@@ -39,8 +36,9 @@ class Prefix(nn.Module):
         """Run the reparametrisation once and keep only its output as a flat prefix."""
         if isinstance(self.reparam, FlatPrefix):
             return
-        flat = FlatPrefix(self.length, self.layout.width).to(self.reparam.embedding.device)
-        flat.prefix.copy_(self.materialise())
+        value = self.materialise()  # (P, W)
+        flat = FlatPrefix(self.length, self.layout.width).to(value.device)
+        flat.prefix.copy_(value)
         flat.requires_grad_(False)
         self.reparam = flat
         self.config = self.config.replace(reparam="flat")
@@ -55,8 +53,27 @@ class Prefix(nn.Module):
                     raise ValueError(
                         "a flat random prefix needs a target scale; see initialise.initial_target"
                     )
-            elif target is not None:
-                self.reparam.fit_output(target)
-            elif zero:
-                self.reparam.mlp[2].weight.zero_()
-                self.reparam.mlp[2].bias.zero_()
+                return
+            for mlp, columns in self._mlp_parts():
+                if target is not None:
+                    mlp.fit_output(target[:, columns])
+                elif zero:
+                    mlp.mlp[2].weight.zero_()
+                    mlp.mlp[2].bias.zero_()
+
+    def _mlp_parts(self) -> list[tuple[MlpPrefix, torch.Tensor | slice]]:
+        """Each MLP and the columns of the (P, W) matrix it produces."""
+        if isinstance(self.reparam, PerKindPrefix):
+            return [(part, self.layout.columns(kind)) for kind, part in self.reparam.parts.items()]
+        return [(self.reparam, slice(None))]
+
+
+def _build_reparam(config: PrefixConfig, layout: SlotLayout, length: int, embed_dim: int) -> nn.Module:
+    """Flat, one MLP, or (an encoder-decoder's slots) one MLP per slot kind: encoder, decoder, cross."""
+    if config.reparam == "flat":
+        return FlatPrefix(length, layout.width)
+    if len(layout.kinds) == 1:
+        return MlpPrefix(length, layout.width, embed_dim, config.mlp_hidden)
+    columns = {kind: layout.columns(kind) for kind in layout.kinds}
+    parts = {kind: MlpPrefix(length, len(c), embed_dim, config.mlp_hidden) for kind, c in columns.items()}
+    return PerKindPrefix(parts, columns)

@@ -53,4 +53,25 @@ class MlpPrefix(nn.Module):
         return (self() - target).abs().max()
 
 
+class PerKindPrefix(nn.Module):
+    """One reparametrisation per slot kind, interleaved back into the slot order of the (P, W) matrix.
+
+    Li & Liang's BART setup gives the encoder, the decoder's self-attention and its cross-attention
+    each their own MLP (and their own P'): one shared MLP would tie three unrelated key spaces.
+    """
+
+    def __init__(self, parts: dict[str, nn.Module], columns: dict[str, torch.Tensor]) -> None:
+        """Args: parts: kind -> reparametrisation of (P, W_kind); columns: kind -> its (W_kind,)
+        column indices in the slot-ordered matrix."""
+        super().__init__()
+        self.parts = nn.ModuleDict(parts)
+        grouped = torch.cat([columns[kind] for kind in parts])  # (W,) slot column of each grouped column
+        # not saved: it follows from the layout, and the state dict holds only trained weights
+        self.register_buffer("order", torch.argsort(grouped), persistent=False)  # (W,)
+
+    def forward(self) -> torch.Tensor:
+        grouped = torch.cat([part() for part in self.parts.values()], dim=1)  # (P, W), kind after kind
+        return grouped.index_select(1, self.order)  # (P, W) in slot order
+
+
 REPARAMS = {"flat": FlatPrefix, "mlp": MlpPrefix}

@@ -130,6 +130,10 @@ def check_fits(meta: dict[str, Any], model: PrefixModel, check_weights: bool) ->
             f"(prefix made for {base.get('architecture')}, model is {type(model.base).__name__})"
         )
     for i, (a, b) in enumerate(zip(saved, here, strict=True)):
+        if a.kind != b.kind:
+            raise PrefixTuneError(
+                f"attention layer {i}: the prefix was made for {a.kind} attention, the model's is {b.kind}"
+            )
         if a.kv_heads != b.kv_heads:
             raise PrefixTuneError(
                 f"attention layer {i}: the prefix has {a.kv_heads} KV heads, the model {b.kv_heads}"
@@ -213,7 +217,6 @@ def fold_folder(source: Path, target: Path) -> dict[str, Any]:
     Returns the prefix folder's metadata.
     """
     from prefixtune.layout import SlotLayout
-    from prefixtune.reparam import MlpPrefix
 
     meta = read_meta(source)
     layout = SlotLayout([SlotSpec(**s) for s in meta["slots"]])
@@ -221,11 +224,15 @@ def fold_folder(source: Path, target: Path) -> dict[str, Any]:
     state_file = source / TRAINABLE_FILE
     if state_file.exists() and meta["config"].get("reparam") == "mlp":
         state = _load_tensors(state_file)
-        length, embed_dim = state["embedding"].shape
-        mlp = MlpPrefix(length, layout.width, embed_dim, state["mlp.0.weight"].shape[0])
-        mlp.load_state_dict(state)
+        # "embedding" for one MLP, "parts.<kind>.embedding" for one MLP per slot kind (encoder-decoder)
+        first = next(k for k in state if k.endswith("embedding"))
+        length, embed_dim = state[first].shape
+        hidden = state[first.replace("embedding", "mlp.0.weight")].shape[0]
+        config = PrefixConfig.from_dict(meta["config"]).replace(mlp_hidden=hidden)
+        prefix = Prefix(config, layout, length, embed_dim)
+        prefix.reparam.load_state_dict(state)
         with torch.no_grad():
-            pairs = layout.split(mlp())
+            pairs = prefix.slot_tensors()
         tensors = {}
         for i, (key, value) in enumerate(pairs):
             tensors[f"slots.{i}.key"] = key.contiguous()

@@ -72,10 +72,11 @@ def _load_model(args: argparse.Namespace):
     from prefixtune.api import wrap
     from prefixtune.loading import load_base
     from prefixtune.storage import read_meta
+    from prefixtune.train.seq2seq import guess_task
 
     if args.prefix:
         read_meta(Path(args.prefix))  # a bad prefix path fails before the model loads
-    base, tokenizer = load_base(args.base)
+    base, tokenizer = load_base(args.base, task=guess_task(args.base))  # an encoder-decoder folder: seq2seq
     if args.no_prefix or not args.prefix:
         return wrap(base), tokenizer, {"bare": True}
     return load_prefix(base, args.prefix), tokenizer, {}

@@ -7,8 +7,8 @@ import math
 import torch
 
 from prefixtune.data import Example, group_references
-from prefixtune.train.encode import SEPARATOR, collate, encode_examples, left_padded_prompts
-from prefixtune.train.loss import target_loss
+from prefixtune.train.encode import SEPARATOR, left_padded_prompts
+from prefixtune.train.seq2seq import generate_pairs, is_seq2seq, recipe_for
 
 
 @torch.no_grad()
@@ -34,6 +34,21 @@ def generate_texts(
         prefix: which prefix of a PrefixModel (default: its default prefix).
         bare: run a PrefixModel without any prefix (the frozen base model alone).
     """
+    if is_seq2seq(model):  # the source goes to the encoder: see train/seq2seq.py
+        return generate_pairs(
+            model,
+            tokenizer,
+            sources,
+            prefix=prefix,
+            bare=bare,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            max_source_tokens=max_source_tokens,
+        )
     was_training = model.training
     model.eval()
     outputs: list[str] = []
@@ -60,10 +75,11 @@ def dev_loss(model, tokenizer, examples: list[Example], batch_size: int = 8, max
     """Mean per-token loss on the targets of `examples` (teacher-forced)."""
     was_training = model.training
     model.eval()
-    encoded = encode_examples(examples, tokenizer, *max_tokens)
+    recipe = recipe_for(model)  # decoder-only or encoder-decoder batches
+    encoded = recipe.encode(examples, tokenizer, *max_tokens)
     total, count = 0.0, 0
     for start in range(0, len(encoded), batch_size):
-        loss, n = target_loss(model, collate(encoded[start : start + batch_size], _pad_id(tokenizer)))
+        loss, n = recipe.loss(model, recipe.collate(encoded[start : start + batch_size], _pad_id(tokenizer)))
         total, count = total + loss.item(), count + n
     model.train(was_training)
     return total / max(count, 1) if count else math.nan

@@ -22,9 +22,9 @@ from prefixtune.errors import PrefixTuneError
 from prefixtune.train import report
 from prefixtune.train.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from prefixtune.train.config import RESUMABLE_CHANGES, TrainConfig
-from prefixtune.train.encode import IGNORE, bucketed_batches, collate, encode_examples
+from prefixtune.train.encode import bucketed_batches
 from prefixtune.train.evaluate import dev_loss, evaluate_prefix
-from prefixtune.train.loss import target_loss
+from prefixtune.train.seq2seq import guess_task, recipe_for
 
 RUN_FILE = "run.json"
 PREFIX_DIR = "prefix"
@@ -82,7 +82,9 @@ def train(
     folder = prepare_output(config, resume)
     base, tokenizer = model_and_tokenizer or _load_base(config.base)
     model = add_prefix(base, config.prefix_config(), tokenizer=tokenizer)
-    encoded = encode_examples(train_set, tokenizer, config.max_source_tokens, config.max_target_tokens)
+    # decoder-only: [x; y] in one stream; encoder-decoder: x to the encoder, y as labels (train/seq2seq.py)
+    recipe = recipe_for(model)
+    encoded = recipe.encode(train_set, tokenizer, config.max_source_tokens, config.max_target_tokens)
     params = model.prefix_parameters()
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -159,11 +161,12 @@ class _RunContext:
 def _step(model, encoded, cursor, pad, params, optimizer, scheduler, config) -> dict[str, Any]:
     """One optimizer step over `grad_accum` micro-batches; the loss is averaged over target tokens."""
     start = time.perf_counter()
-    batches = [collate([encoded[i] for i in cursor.next()], pad) for _ in range(config.grad_accum)]
-    targets = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+    recipe = recipe_for(model)
+    batches = [recipe.collate([encoded[i] for i in cursor.next()], pad) for _ in range(config.grad_accum)]
+    targets = sum(recipe.targets(b) for b in batches)
     total = 0.0
     for batch in batches:
-        loss, _ = target_loss(model, batch)
+        loss, _ = recipe.loss(model, batch)
         (loss / targets).backward()
         total += loss.item()
     if config.max_grad_norm > 0:
@@ -290,7 +293,7 @@ def load_data(config: TrainConfig) -> tuple[list[Example], list[Example]]:
 def _load_base(name: str):
     from prefixtune.loading import load_base
 
-    return load_base(name)
+    return load_base(name, task=guess_task(name))
 
 
 def _warmup_then_decay(warmup: int, total: int):
