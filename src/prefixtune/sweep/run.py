@@ -49,8 +49,9 @@ def _run_one(point: Point, folder: Path, resume: bool, bases: dict, progress: bo
     config = point.config.replace(output=str(folder))
     if config.base not in bases:
         from prefixtune.loading import load_base
+        from prefixtune.train.seq2seq import guess_task
 
-        bases[config.base] = load_base(config.base)
+        bases[config.base] = load_base(config.base, task=guess_task(config.base))
     started = time.perf_counter()
     result = train(config, resume=resume, model_and_tokenizer=bases[config.base], progress=progress)
     try:
