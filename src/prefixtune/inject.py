@@ -96,6 +96,9 @@ class Injector:
     recording: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
     """When a dict, each slot stores the real keys/values it computed (text initialisation)."""
     modules: list[nn.Module] = field(default_factory=list, repr=False)
+    bidirectional: bool = False
+    """True when no slot is causal (an encoder such as BERT, whose attention modules say
+    `is_causal = False`): the model's own position ids are then left alone, as the prefix takes none."""
 
 
 @dataclass(frozen=True)
@@ -261,6 +264,7 @@ def attach(model: nn.Module, probe_inputs: dict[str, torch.Tensor]) -> Injector:
             "so prefixtune cannot reach its keys and values"
         )
     injector = Injector(slots=[spec for _, spec in found], modules=[m for m, _ in found])
+    injector.bidirectional = not any(getattr(m, "is_causal", True) for m in injector.modules)
     injector.original_implementation = implementation  # type: ignore[attr-defined]
     for index, (module, _) in enumerate(found):
         binding = Binding(injector, index, inner_attention(module, implementation), implementation == "eager")

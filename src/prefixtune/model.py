@@ -65,6 +65,11 @@ class PrefixModel(nn.Module):
         """Put an existing `Prefix` (e.g. loaded from disk) into the bank."""
         if prefix.layout.slots != self.layout.slots:
             raise PrefixTuneError(f"prefix {name!r} was built for other attention layers than this model's")
+        if prefix.config.positions == "shifted" and self.injector.bidirectional:
+            raise PrefixTuneError(
+                f"prefix {name!r} has positions='shifted', which only a causal decoder can honour; "
+                "an encoder's prefix takes no positions: use positions='keep'"
+            )
         self.prefixes[name] = prefix
         if self.default_prefix is None:
             self.default_prefix = name

@@ -27,7 +27,9 @@ class PositionHook:
 
     def __call__(self, module, args: tuple, kwargs: dict[str, Any]):
         batch = self.owner.injector.current
-        if batch is None or self.owner.config.is_encoder_decoder:
+        # An encoder's prefix has no position (every query sees it, whatever the padding), and its
+        # own position ids (RoBERTa's start after the padding index) must not be renumbered here.
+        if batch is None or self.owner.config.is_encoder_decoder or self.owner.injector.bidirectional:
             return None
         tokens = kwargs.get("input_ids", args[0] if args else None)
         if tokens is None:
