@@ -41,6 +41,9 @@ class PrefixModel(nn.Module):
         self.layout = SlotLayout(injector.slots)
         self.prefixes = nn.ModuleDict()
         self.default_prefix: str | None = None
+        self.head_names: tuple[str, ...] = ()
+        """The base's top-level modules that form a task head trained with the prefixes (see
+        `prefixtune.heads`); saved with every prefix. Empty: the whole base is frozen."""
         self._hook = PositionHook(self)
         self._hook_handle = base.register_forward_pre_hook(self._hook, with_kwargs=True)
 
