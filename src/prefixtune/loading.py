@@ -228,6 +228,10 @@ def _load_tokenizer(folder: Path, task: str, model: PreTrainedModel) -> PreTrain
             )
         # Padded positions are masked out, so which token fills them does not matter; eos is in the vocab.
         tokenizer.pad_token = tokenizer.eos_token
+    if task in HEAD_TASKS:
+        # Encoders learnt absolute positions from right-padded batches: left padding would move every
+        # real token of a short row to other positions.
+        tokenizer.padding_side = "right"
     if task == "causal-lm":
         # Generation appends after the last position: with right padding, a short prompt in a batch would
         # continue after its pad tokens instead of after its own text.
