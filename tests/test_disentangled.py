@@ -92,7 +92,7 @@ def test_padded_rows_with_different_prefixes_equal_their_solo_runs(style):
 
 
 def test_prefix_columns_get_content_scores_only(style):
-    """One attention module against the formula: softmax([q P_k^T, q K^T + rel] / scale) [P_v; V]."""
+    """One attention module against the formula: softmax([q P_k^T / s, q K^T / s + rel]) [P_v; V]."""
     model = _prefixed(style)
     encoder = model.base.encoder
     attention = encoder.layer[0].attention.self
@@ -110,10 +110,8 @@ def test_prefix_columns_get_content_scores_only(style):
     )
     key, value = model.prefixes["default"].slot_tensors()[0]  # (H, P, D)
     model.injector.current = None
-    type(attention).disentangled_attention_bias  # the class's own method, without the prefix hooks
-    rel = type(attention).disentangled_attention_bias(
-        attention, q, k, extras["relative_pos"], extras["rel_embeddings"], 3
-    )
+    own_bias = type(attention).disentangled_attention_bias  # the class's method, not the hooked one
+    rel = own_bias(attention, q, k, extras["relative_pos"], extras["rel_embeddings"], 3)
     scale = (16 * 3) ** 0.5
     scores = torch.cat([q @ key.transpose(1, 2) / scale, q @ k.transpose(1, 2) / scale + rel], dim=-1)
     expected = (scores.softmax(-1) @ torch.cat([value, v], dim=1)).transpose(0, 1).reshape(1, 5, 64)
