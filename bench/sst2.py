@@ -13,7 +13,8 @@ Both prefix peers use AdamW at lr 1e-2 (P-Tuning v2's range for classification);
 6 % linear warmup then linear decay, gradient clipping at 1.0, dropout on (train mode), batch 32,
 texts truncated at 64 tokens. Peers take their steps in turn (the first peer rotates every step), so
 machine noise hits them alike. Dev accuracy (all 872 GLUE dev sentences) is measured every
-`--eval-every` steps and at the end. Reported: accuracy at the end (equal steps) and the best seen,
+`--eval-every` steps and at the end (not before training, to save CPU). Reported: accuracy at
+the end (equal steps) and the best seen,
 trainable parameters, median step time and step-time ratios (median of per-step paired ratios).
 
     python bench/sst2.py --steps 1000 --out bench/results/sst2.json
@@ -113,8 +114,7 @@ def run(args: argparse.Namespace) -> dict:
         schedulers[name] = torch.optim.lr_scheduler.LambdaLR(
             optimizers[name], lambda s: schedule(s, args.steps, warmup)
         )
-        curves[name].append((0, accuracy(model, dev, dev_gold)))
-    log(f"step 0: {{{', '.join(f'{p}: {curves[p][0][1]:.3f}' for p in PEERS)}}}")
+    log(f"training {', '.join(PEERS)} for {args.steps} steps of {args.batch_size}")
     for step, (batch, gold) in enumerate(batches, start=1):
         turn = PEERS[step % 3 :] + PEERS[: step % 3]
         for name in turn:
