@@ -131,6 +131,9 @@ def run(args: argparse.Namespace) -> dict:
             for name in PEERS:
                 curves[name].append((step, accuracy(peers[name][0], dev, dev_gold)))
             log(f"step {step}: " + ", ".join(f"{p} {curves[p][-1][1]:.4f}" for p in PEERS))
+            partial = {**summarise(args, peers, times, curves), "completed_steps": step}
+            # a run cut short keeps what it measured
+            args.out.write_text(json.dumps(partial, indent=2) + "\n", encoding="utf-8")
     return summarise(args, peers, times, curves)
 
 
@@ -175,8 +178,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench/results/sst2.json"))
     args = parser.parse_args()
-    result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = run(args)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     for name, peer in result["peers"].items():
         print(
