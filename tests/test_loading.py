@@ -478,3 +478,29 @@ def test_minilm_encoder():
     with torch.no_grad():
         hidden = model(**batch).last_hidden_state
     assert hidden.shape == (*batch.input_ids.shape, 384)
+
+
+# ---------------------------------------------------------------- classification heads
+
+
+def test_classification_tasks_accept_a_missing_head_but_not_a_missing_backbone(tmp_path):
+    from encoders import make_encoder
+    from synthetic import word_tokenizer
+
+    make_encoder("bert").save_pretrained(tmp_path / "bert")  # a bare BertModel, like all-MiniLM-L6-v2
+    word_tokenizer().save_pretrained(tmp_path / "bert")  # pads on the left
+    model, tokenizer = load_base(tmp_path / "bert", task="token-classification", num_labels=5)
+    assert type(model).__name__ == "BertForTokenClassification" and model.num_labels == 5
+    assert tokenizer.padding_side == "right"  # encoders learnt their positions right-padded
+    model, _ = load_base(tmp_path / "bert", task="sequence-classification")
+    assert model.classifier.out_features == 3  # the folder's own label count
+    bert = make_encoder("bert")
+    bert.encoder.layer = bert.encoder.layer[:1]
+    bert.config.num_hidden_layers = 1
+    bert.save_pretrained(tmp_path / "short")
+    word_tokenizer().save_pretrained(tmp_path / "short")
+    config = json.loads((tmp_path / "short" / "config.json").read_text())
+    config["num_hidden_layers"] = 2  # the checkpoint now lacks layer 1
+    (tmp_path / "short" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PrefixTuneError, match="encoder.layer.1"):
+        load_base(tmp_path / "short", task="sequence-classification")

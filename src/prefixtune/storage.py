@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from prefixtune.config import PrefixConfig
 from prefixtune.errors import PrefixTuneError
+from prefixtune.heads import HEAD_FILE, save_head
 from prefixtune.layout import SlotSpec
 from prefixtune.prefix import Prefix
 
@@ -62,6 +63,7 @@ def save_prefix(model: PrefixModel, name: str, path: Path, include_trainable: bo
         if include_trainable:
             state = {k: v.detach().float().cpu().contiguous() for k, v in prefix.reparam.state_dict().items()}
             save_file(state, staging / TRAINABLE_FILE, metadata={"reparam": prefix.config.reparam})
+        save_head(model, staging)  # a classifier's trained head (P-Tuning v2); nothing otherwise
         (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         _swap_in(staging, path)
     finally:
@@ -242,6 +244,8 @@ def fold_folder(source: Path, target: Path) -> dict[str, Any]:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         save_file(tensors, staging / TENSORS_FILE, metadata={"format": FORMAT})
+        if (source / HEAD_FILE).is_file():  # a classifier's head is part of what the prefix means
+            shutil.copyfile(source / HEAD_FILE, staging / HEAD_FILE)
         (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         _swap_in(staging, target)
     finally:

@@ -16,14 +16,15 @@ EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from prefixtune.cli import commands, demo, sweep
+    from prefixtune.cli import classify, commands, demo, sweep
 
     parser = argparse.ArgumentParser(
         prog="prefixtune",
         description="Prefix-tuning (Li & Liang 2021) for Hugging Face models: train, evaluate, generate.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (setup, run, summary) in {**commands.COMMANDS, **demo.COMMANDS, **sweep.COMMANDS}.items():
+    commands_ = {**commands.COMMANDS, **demo.COMMANDS, **sweep.COMMANDS, **classify.COMMANDS}
+    for name, (setup, run, summary) in commands_.items():
         command = sub.add_parser(
             name, help=summary, description=summary, formatter_class=argparse.ArgumentDefaultsHelpFormatter
         )

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from prefixtune.cli import classify
 from prefixtune.cli.options import add_dataclass_options, dataclass_from_args
 from prefixtune.errors import PrefixTuneError
 from prefixtune.train.config import TrainConfig
@@ -22,11 +23,15 @@ def setup_train(parser: argparse.ArgumentParser) -> None:
         help="continue the run in --output from its last checkpoint, with its own settings",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    classify.add_task_options(parser)
 
 
 def run_train(args: argparse.Namespace) -> int:
     from prefixtune.train import train
     from prefixtune.train.loop import RUN_FILE
+
+    if args.task == "classify":
+        return classify.run_train_classifier(args)
 
     base: dict = {}
     if args.resume:
@@ -53,7 +58,10 @@ def run_train(args: argparse.Namespace) -> int:
 # -- evaluate and generate ---------------------------------------------------------------------------
 def _add_model_options(parser: argparse.ArgumentParser, needs_prefix: bool = True) -> None:
     parser.add_argument("--prefix", help="prefix folder (from `prefixtune train`)", required=needs_prefix)
-    parser.add_argument("--base", default="smollm2-135m", help="base model: folder, .gguf file or alias")
+    parser.add_argument(
+        "--base",
+        help="base model: folder, .gguf file or alias (default: smollm2-135m; minilm-l6 for a classifier)",
+    )
     parser.add_argument("--no-prefix", action="store_true", help="run the bare base model, for comparison")
 
 
@@ -76,7 +84,8 @@ def _load_model(args: argparse.Namespace):
 
     if args.prefix:
         read_meta(Path(args.prefix))  # a bad prefix path fails before the model loads
-    base, tokenizer = load_base(args.base, task=guess_task(args.base))  # an encoder-decoder folder: seq2seq
+    name = args.base or "smollm2-135m"
+    base, tokenizer = load_base(name, task=guess_task(name))  # an encoder-decoder folder: seq2seq
     if args.no_prefix or not args.prefix:
         return wrap(base), tokenizer, {"bare": True}
     return load_prefix(base, args.prefix), tokenizer, {}
@@ -88,8 +97,14 @@ def setup_evaluate(parser: argparse.ArgumentParser) -> None:
         "--data", required=True, help="evaluation data (E2E CSV, WebNLG/DART JSON, CSV/JSONL)"
     )
     parser.add_argument("--format", help="data format; default: guessed from the file")
-    parser.add_argument("--source-column", default="source", help="source column of your own CSV/JSONL")
-    parser.add_argument("--target-column", default="target", help="target column of your own CSV/JSONL")
+    parser.add_argument(
+        "--source-column",
+        help="source column of your own CSV/JSONL (default: source; sentence for a classifier)",
+    )
+    parser.add_argument(
+        "--target-column",
+        help="target column of your own CSV/JSONL (default: target; label for a classifier)",
+    )
     parser.add_argument(
         "--metrics",
         default="BLEU,NIST,METEOR,ROUGE_L,CIDEr",
@@ -104,13 +119,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from prefixtune.data import read_dataset
     from prefixtune.train import evaluate_prefix
 
+    if classify.is_classifier(args.prefix):  # the folder holds a head: report accuracy
+        return classify.run_evaluate_classifier(args)
     if not args.prefix and not args.no_prefix:
         raise PrefixTuneError("pass --prefix PATH, or --no-prefix to evaluate the bare base model")
     if args.output and Path(args.output).exists():
         raise PrefixTuneError(f"--output {args.output} exists; choose a new file")
-    examples = read_dataset(
-        args.data, fmt=args.format, source_column=args.source_column, target_column=args.target_column
-    )
+    source, target = args.source_column or "source", args.target_column or "target"
+    examples = read_dataset(args.data, fmt=args.format, source_column=source, target_column=target)
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     model, tokenizer, mode = _load_model(args)
     generation = {k: getattr(args, k) for k in GENERATION_OPTIONS}

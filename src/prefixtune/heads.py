@@ -1,0 +1,146 @@
+"""Task heads trained together with the prefix, as in P-Tuning v2 (Liu et al., 2022).
+
+A classifier is a Hugging Face `...ForSequenceClassification` or `...ForTokenClassification` model
+(see `loading.load_base(..., task=...)`): a frozen backbone plus a small head (BERT: dropout and a
+linear layer on the pooled first token; RoBERTa/ELECTRA: dense, tanh, linear on the first token;
+token classification: a linear layer on every token). The prefix and the head are trained; the
+backbone, pooler included, stays frozen, as P-Tuning v2 does.
+
+The head is saved with the prefix as `head.safetensors` and restored by `load_prefix`. It belongs to
+the base model, so a PrefixModel has one head, shared by all its prefixes: rows of one batch can
+carry different prefixes but not different heads.
+
+Where this departs from P-Tuning v2: its code applies dropout to the prefix keys/values while
+training; here the prefix gets none (only the frozen model's own dropout runs). Its heads are
+always a linear layer on BERT's pooler output; here each family keeps its own Hugging Face head.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from prefixtune.errors import PrefixTuneError
+
+if TYPE_CHECKING:
+    from prefixtune.model import PrefixModel
+
+HEAD_FILE = "head.safetensors"
+
+
+def head_modules(base: nn.Module) -> dict[str, nn.Module]:
+    """The base model's top-level modules outside its backbone: the task head (e.g. `classifier`)."""
+    backbone = getattr(base, "base_model_prefix", "")
+    children = dict(base.named_children())
+    if backbone not in children:
+        raise PrefixTuneError(
+            f"{type(base).__name__} has no task head around a backbone; load the base with "
+            "task='sequence-classification' or task='token-classification'"
+        )
+    head = {name: module for name, module in children.items() if name != backbone}
+    if not any(p.numel() for m in head.values() for p in m.parameters()):
+        raise PrefixTuneError(f"{type(base).__name__} has no trainable head outside {backbone!r}")
+    return head
+
+
+def head_parameters(model: PrefixModel) -> list[nn.Parameter]:
+    """The parameters of the head this PrefixModel trains (none before `train_head`)."""
+    modules = dict(model.base.named_children())
+    return [p for name in model.head_names for p in modules[name].parameters()]
+
+
+def train_head(model: PrefixModel, seed: int | None = None, reset: bool = True) -> list[nn.Parameter]:
+    """Make the base's task head trainable (and saved with every prefix); returns its parameters.
+
+    Args:
+        seed: seed for the fresh head's initialisation (the model's own init scheme).
+        reset: start the head afresh; False keeps its current weights (e.g. one just loaded).
+    """
+    head = head_modules(model.base)
+    if reset:
+        rng = torch.random.fork_rng() if seed is not None else contextlib.nullcontext()
+        with rng:
+            if seed is not None:
+                torch.manual_seed(seed)
+            for module in head.values():
+                module.apply(model.base._init_weights)
+    model.head_names = tuple(head)
+    params = head_parameters(model)
+    for param in params:
+        param.requires_grad_(True)
+    return params
+
+
+def head_state(model: PrefixModel) -> dict[str, torch.Tensor]:
+    """The trained head's weights, keyed as in the base's state dict (empty when no head is trained)."""
+    modules = dict(model.base.named_children())
+    return {
+        f"{name}.{key}": value.detach().float().cpu().contiguous()
+        for name in model.head_names
+        for key, value in modules[name].state_dict().items()
+    }
+
+
+def head_metadata(model: PrefixModel) -> dict[str, str]:
+    config = model.base.config
+    labels = {str(k): v for k, v in (getattr(config, "id2label", None) or {}).items()}
+    return {"architecture": type(model.base).__name__, "id2label": json.dumps(labels)}
+
+
+def save_head(model: PrefixModel, folder: Path) -> None:
+    """Write `head.safetensors` into `folder` (a file written whole, then renamed into place)."""
+    state = head_state(model)
+    if not state:
+        return
+    temporary = folder / f".{HEAD_FILE}.tmp"
+    save_file(state, temporary, metadata=head_metadata(model))
+    os.replace(temporary, folder / HEAD_FILE)
+
+
+def load_head(model: PrefixModel, folder: Path, trainable: bool = False) -> None:
+    """Restore the head saved in `folder` into the base model, or fail naming the mismatch."""
+    file = folder / HEAD_FILE
+    try:
+        state = load_file(str(file))
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise PrefixTuneError(f"{file} is corrupt or truncated ({err}); save the prefix again") from err
+    head = head_modules(model.base)
+    names = sorted({key.split(".", 1)[0] for key in state})
+    if not set(names) <= set(head):
+        raise PrefixTuneError(
+            f"{file} holds a head ({', '.join(names)}) that {type(model.base).__name__} does not have "
+            f"(its head: {', '.join(head)}); load the base with the task the prefix was trained for"
+        )
+    own = {f"{n}.{k}": v for n in names for k, v in head[n].state_dict().items()}
+    for key, value in state.items():
+        if key not in own or own[key].shape != value.shape:
+            shape = tuple(own[key].shape) if key in own else None
+            raise PrefixTuneError(
+                f"{file}: {key} is {tuple(value.shape)} but the model's is {shape}; "
+                "load the base with the same number of labels (num_labels) as in training"
+            )
+    with torch.no_grad():
+        for key, value in state.items():
+            own[key].copy_(value)
+    model.head_names = tuple(names)
+    for param in head_parameters(model):
+        param.requires_grad_(trainable)
+
+
+def saved_labels(folder: Path) -> dict[int, str] | None:
+    """The label names stored with a saved head, or None when the folder holds no head."""
+    file = folder / HEAD_FILE
+    if not file.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(file), "pt") as handle:
+        labels = json.loads((handle.metadata() or {}).get("id2label", "{}"))
+    return {int(k): v for k, v in labels.items()}

@@ -1,0 +1,85 @@
+"""Every setting of a classifier run (P-Tuning v2 on an encoder), as one frozen dataclass.
+
+Its attribute docstrings are the `--help` of `prefixtune train --task classify`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from prefixtune.config import PrefixConfig
+from prefixtune.errors import PrefixTuneError
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """A P-Tuning v2 run: a prefix in every encoder layer plus a linear head, the encoder frozen."""
+
+    train: str = ""
+    """Training data: CSV or TSV (or JSONL) with a text column and a label column, e.g. SST-2's train.tsv."""
+    dev: str | None = None
+    """Development data (same format) for accuracy during training; the best prefix is kept."""
+    output: str = "runs/classifier"
+    """Run folder: the best prefix and head go to OUTPUT/prefix, plus metrics.jsonl and curve.png."""
+    base: str = "minilm-l6"
+    """Base encoder: a Hugging Face folder (BERT, RoBERTa, DistilBERT, ELECTRA) or the alias minilm-l6."""
+    format: str | None = None
+    """Data format (csv, tsv, jsonl); default: guessed from the file's extension."""
+    text_column: str = "sentence"
+    """Column holding the text to classify."""
+    label_column: str = "label"
+    """Column holding the label (any strings or integers; the classes are the labels seen in training)."""
+    length: int = 16
+    """Prefix length (vectors per layer)."""
+    reparam: str = "flat"
+    """flat (P-Tuning v2's default for classification) or mlp (P = MLP(P'), as in Li & Liang)."""
+    mlp_hidden: int = 512
+    """Hidden width of the MLP reparametrisation."""
+    init: str = "random"
+    """Prefix initialisation: random (at the scale of the model's own keys/values) or zero."""
+    steps: int = 1000
+    """Optimizer steps."""
+    batch_size: int = 32
+    """Examples per step."""
+    lr: float = 1e-2
+    """Peak learning rate of AdamW, for the prefix and the head (P-Tuning v2 uses 5e-3 to 1e-2)."""
+    warmup_steps: int = 50
+    """Linear warmup steps; then linear decay to zero at --steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0: off)."""
+    eval_every: int = 200
+    """Measure dev accuracy every N steps (and at the end)."""
+    max_tokens: int = 128
+    """Longer texts are truncated."""
+    max_train_examples: int = 0
+    """Use only the first N training examples (0: all)."""
+    seed: int = 0
+    """Seed for the prefix and head initialisation and the data order."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_every", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise PrefixTuneError(
+                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
+                )
+        if self.lr <= 0:
+            raise PrefixTuneError(f"--lr must be positive, got {self.lr}")
+        if self.init == "text":
+            raise PrefixTuneError("--init text is for generation; a classifier starts random or zero")
+        self.prefix_config()  # validates the prefix fields
+
+    def prefix_config(self) -> PrefixConfig:
+        return PrefixConfig(
+            length=self.length,
+            reparam=self.reparam,
+            mlp_hidden=self.mlp_hidden,
+            init=self.init,
+            seed=self.seed,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

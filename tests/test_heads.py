@@ -1,0 +1,114 @@
+"""Classifier heads trained with the prefix (P-Tuning v2): what trains, what is saved, what loads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import random_ids
+from encoders import make_encoder, right_pad
+
+from prefixtune import PrefixConfig, PrefixTuneError, add_prefix, load_prefix
+from prefixtune.heads import HEAD_FILE, head_parameters, saved_labels, train_head
+from prefixtune.storage import fold_folder
+
+CONFIG = PrefixConfig(length=4, reparam="flat", seed=0)
+
+
+def _classifier(family: str = "bert", head: str = "sequence", labels: int = 3, seed: int = 0):
+    model = add_prefix(make_encoder(family, head=head, labels=labels, seed=seed), CONFIG)
+    train_head(model, seed=5)
+    return model
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert", "electra", "roberta"])
+def test_only_prefix_and_head_train_and_get_gradients(family):
+    model = _classifier(family)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    head = set(model.head_names)
+    assert trainable == {
+        n for n, _ in model.named_parameters() if n.startswith("prefixes.") or n.split(".")[1] in head
+    }
+    assert not any(n.startswith(f"base.{model.base.base_model_prefix}.") for n in trainable)
+    model(random_ids(2, 6), labels=torch.tensor([0, 2])).loss.backward()
+    for name, param in model.named_parameters():
+        assert (param.grad is not None) == param.requires_grad, name
+    assert all(p.grad.abs().sum() > 0 for p in model.prefix_parameters() + head_parameters(model))
+
+
+def test_head_initialisation_is_seeded():
+    a, b = _classifier(seed=0), _classifier(seed=1)  # other base init, same head seed
+    for pa, pb in zip(head_parameters(a), head_parameters(b), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def _train(model, ids, mask, labels, steps: int = 40) -> list[float]:
+    params = model.prefix_parameters() + head_parameters(model)
+    optimizer = torch.optim.AdamW(params, lr=3e-2)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss = model(ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+def test_sequence_classifier_learns_and_leaves_the_backbone_untouched():
+    model = _classifier("bert", labels=2)
+    backbone = {k: v.clone() for k, v in model.base.bert.state_dict().items()}
+    seqs = [random_ids(1, n, seed=n)[0] for n in range(3, 11)]
+    ids, mask = right_pad(seqs, 0)
+    labels = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
+    losses = _train(model, ids, mask, labels)
+    assert losses[-1] < losses[0] / 2
+    predicted = model(ids, attention_mask=mask).logits.argmax(-1)
+    assert predicted.tolist() == labels.tolist()
+    for key, value in model.base.bert.state_dict().items():
+        assert torch.equal(value, backbone[key]), key
+
+
+def test_token_classifier_learns_per_token_tags():
+    model = _classifier("roberta", head="token", labels=2)
+    seqs = [random_ids(1, n, seed=n)[0] for n in (5, 7, 6)]
+    ids, mask = right_pad(seqs, 1)
+    tags = (ids % 2).masked_fill(mask == 0, -100)  # tag = parity of the token id; padding ignored
+    losses = _train(model, ids, mask, tags, steps=60)
+    assert losses[-1] < losses[0] / 2
+    predicted = model(ids, attention_mask=mask).logits.argmax(-1)
+    assert torch.equal(predicted[mask.bool()], tags[mask.bool()])
+
+
+def test_the_head_is_saved_with_the_prefix_and_restored(tmp_path):
+    model = _classifier("electra", labels=3)
+    model.base.config.id2label = {0: "neg", 1: "neutral", 2: "pos"}
+    ids = random_ids(3, 6)
+    expected = model(ids).logits
+    model.save(tmp_path / "p")
+    assert (tmp_path / "p" / HEAD_FILE).is_file()
+    assert saved_labels(tmp_path / "p") == {0: "neg", 1: "neutral", 2: "pos"}
+    fresh = make_encoder("electra", head="sequence", labels=3)  # same backbone, untrained random head
+    assert (fresh(ids).logits - expected).abs().max() > 1e-3
+    loaded = load_prefix(fresh, tmp_path / "p")
+    torch.testing.assert_close(loaded(ids).logits, expected, rtol=0, atol=1e-6)
+    assert not any(p.requires_grad for p in loaded.parameters())
+    fold_folder(tmp_path / "p", tmp_path / "folded")
+    again = load_prefix(make_encoder("electra", head="sequence", labels=3), tmp_path / "folded")
+    torch.testing.assert_close(again(ids).logits, expected, rtol=0, atol=1e-6)
+
+
+def test_a_head_that_does_not_fit_names_the_problem(tmp_path):
+    _classifier("bert", labels=3).save(tmp_path / "p")
+    with pytest.raises(PrefixTuneError, match="num_labels"):
+        load_prefix(make_encoder("bert", head="sequence", labels=2), tmp_path / "p")
+    with pytest.raises(PrefixTuneError, match="task='sequence-classification'"):
+        load_prefix(make_encoder("bert"), tmp_path / "p")
+    with pytest.raises(PrefixTuneError, match="task='sequence-classification'"):
+        train_head(add_prefix(make_encoder("bert"), CONFIG))
+
+
+def test_a_prefix_without_a_head_saves_no_head_file(tmp_path):
+    add_prefix(make_encoder("bert", head="sequence"), CONFIG).save(tmp_path / "p")
+    assert not (tmp_path / "p" / HEAD_FILE).exists()
