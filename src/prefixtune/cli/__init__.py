@@ -1,4 +1,4 @@
-"""The `prefixtune` command: train, evaluate, generate, fold, info and demo.
+"""The `prefixtune` command: train, evaluate, generate, fold, info, demo and serve.
 
 Each command is a plain function taking parsed options; `main` maps names to them. A user's mistake
 (a `PrefixTuneError`) prints one line naming the problem and exits 2, without a traceback.
@@ -16,14 +16,14 @@ EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from prefixtune.cli import commands, demo
+    from prefixtune.cli import commands, demo, serve
 
     parser = argparse.ArgumentParser(
         prog="prefixtune",
         description="Prefix-tuning (Li & Liang 2021) for Hugging Face models: train, evaluate, generate.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (setup, run, summary) in {**commands.COMMANDS, **demo.COMMANDS}.items():
+    for name, (setup, run, summary) in {**commands.COMMANDS, **demo.COMMANDS, **serve.COMMANDS}.items():
         command = sub.add_parser(
             name, help=summary, description=summary, formatter_class=argparse.ArgumentDefaultsHelpFormatter
         )
