@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
 import torch
 from synthetic import word_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -51,31 +47,25 @@ def solo_text(model: PrefixModel, tokenizer, prefix: str | None, prompt: str, ma
 
 
 class ServerThread:
-    """`create_app` under uvicorn on a free loopback port, started and stopped within bounded waits."""
+    """`create_app` on the tiny bank, served on a free loopback port for the length of a `with` block.
 
-    def __init__(self, model: PrefixModel, **config) -> None:
-        import uvicorn
+    `reference` is an identical bank for the solo runs the answers are compared with: the served
+    model belongs to the server's worker thread, and running it from the test at the same time would
+    race with the worker over which prefixes the attention sees.
+    """
 
+    def __init__(self, seed: int = 0, **config) -> None:
         from prefixtune.serve import ServeConfig, create_app
+        from prefixtune.serve.background import BackgroundServer
 
-        self.model, self.tokenizer = model, word_tokenizer()
-        app = create_app(model, self.tokenizer, ServeConfig(**config), BASE)
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.socket.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+        self.model, self.reference, self.tokenizer = tiny_bank(seed), tiny_bank(seed), word_tokenizer()
+        app = create_app(self.model, self.tokenizer, ServeConfig(**config), BASE)
+        self.background = BackgroundServer(app)
+        self.url = self.background.url
 
     def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.02)
+        self.background.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(20)
-        self.socket.close()
+        self.background.__exit__(*exc)

@@ -13,7 +13,7 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
-from serving import BASE, ServerThread, solo_text, tiny_bank  # noqa: E402
+from serving import BASE, ServerThread, solo_text  # noqa: E402
 
 PROMPTS = ["w5 w6 w7", "w20 w21", "w40 w41 w42 w43", "w60", "w70 w71", "w80 w81 w82"]
 TIMEOUT = httpx.Timeout(30.0)
@@ -22,7 +22,7 @@ TIMEOUT = httpx.Timeout(30.0)
 @pytest.fixture(scope="module")
 def server():
     # a long batching window, so that requests sent together surely share a batch
-    with ServerThread(tiny_bank(), max_wait_ms=150, max_batch=8) as running:
+    with ServerThread(max_wait_ms=150, max_batch=8) as running:
         yield running
 
 
@@ -59,7 +59,7 @@ def test_concurrent_mixed_prefix_requests_each_equal_their_solo_greedy_run(serve
 
     replies = asyncio.run(send_all())
     for name, prompt, reply in zip(names, PROMPTS, replies, strict=True):
-        expected = solo_text(server.model, server.tokenizer, None if name == BASE else name, prompt, 6)
+        expected = solo_text(server.reference, server.tokenizer, None if name == BASE else name, prompt, 6)
         assert reply["choices"][0]["text"] == expected, name
         assert reply["choices"][0]["finish_reason"] == "length"
         assert reply["model"] == name and reply["object"] == "text_completion"
@@ -75,7 +75,7 @@ def test_the_openai_client_works_unchanged(server):
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=30)
     assert [m.id for m in client.models.list()] == [BASE, "a", "b"]
     reply = client.completions.create(model="b", prompt=PROMPTS[2], max_tokens=5, temperature=0)
-    expected = solo_text(server.model, server.tokenizer, "b", PROMPTS[2], 5)
+    expected = solo_text(server.reference, server.tokenizer, "b", PROMPTS[2], 5)
     assert reply.choices[0].text == expected
     assert reply.usage.completion_tokens == 5
     stream = client.completions.create(model="b", prompt=PROMPTS[2], max_tokens=5, temperature=0, stream=True)
@@ -99,7 +99,7 @@ def test_streaming_sends_events_as_openai_does(server):
     assert all(c["object"] == "text_completion" and c["model"] == "a" for c in chunks)
     assert len({c["id"] for c in chunks}) == 1
     text = "".join(c["choices"][0]["text"] for c in chunks)
-    assert text == solo_text(server.model, server.tokenizer, "a", PROMPTS[0], 4)
+    assert text == solo_text(server.reference, server.tokenizer, "a", PROMPTS[0], 4)
     assert [c["choices"][0]["finish_reason"] for c in chunks][-1] == "length"
 
 
@@ -119,12 +119,12 @@ def test_a_seeded_sample_is_the_same_alone_and_in_a_mixed_batch(server):
 
     assert asyncio.run(in_company()) == alone
     other_seed = _post(server, {**body, "seed": 12}).json()["choices"][0]["text"]
-    greedy = solo_text(server.model, server.tokenizer, "a", PROMPTS[1], 8)
+    greedy = solo_text(server.reference, server.tokenizer, "a", PROMPTS[1], 8)
     assert len({alone, other_seed, greedy}) == 3  # sampling does sample
 
 
 def test_n_several_prompts_and_stop_texts(server):
-    words = solo_text(server.model, server.tokenizer, "a", PROMPTS[0], 6).split(" ")
+    words = solo_text(server.reference, server.tokenizer, "a", PROMPTS[0], 6).split(" ")
     stop = f"{words[2]} {words[3]}"
     text = " ".join(words)
     needed = next(k for k in range(1, 7) if stop in " ".join(words[:k]))  # tokens until the stop shows
@@ -136,8 +136,8 @@ def test_n_several_prompts_and_stop_texts(server):
     reply = _post(server, {"model": "b", "prompt": PROMPTS[:2], "n": 2, "max_tokens": 3, "temperature": 0})
     choices = reply.json()["choices"]
     assert [c["index"] for c in choices] == [0, 1, 2, 3]
-    first = solo_text(server.model, server.tokenizer, "b", PROMPTS[0], 3)
-    second = solo_text(server.model, server.tokenizer, "b", PROMPTS[1], 3)
+    first = solo_text(server.reference, server.tokenizer, "b", PROMPTS[0], 3)
+    second = solo_text(server.reference, server.tokenizer, "b", PROMPTS[1], 3)
     assert [c["text"] for c in choices] == [first, first, second, second]
 
 
@@ -188,13 +188,15 @@ def test_malformed_json_and_unknown_routes(server):
 
 
 def test_prefixes_load_and_unload_while_running(server, tmp_path):
-    server.model.save(tmp_path / "saved", name="a")
+    server.reference.save(tmp_path / "saved", name="a")
     url = f"{server.url}/v1/prefixes"
     loaded = httpx.post(url, json={"name": "c", "path": str(tmp_path / "saved")}, timeout=TIMEOUT)
     assert loaded.status_code == 200 and loaded.json()["id"] == "c"
     assert "c" in [m["id"] for m in httpx.get(f"{server.url}/v1/models", timeout=TIMEOUT).json()["data"]]
     reply = _post(server, {"model": "c", "prompt": PROMPTS[3], "max_tokens": 5, "temperature": 0})
-    assert reply.json()["choices"][0]["text"] == solo_text(server.model, server.tokenizer, "a", PROMPTS[3], 5)
+    assert reply.json()["choices"][0]["text"] == solo_text(
+        server.reference, server.tokenizer, "a", PROMPTS[3], 5
+    )
 
     again = httpx.post(url, json={"name": "c", "path": str(tmp_path / "saved")}, timeout=TIMEOUT)
     assert again.status_code == 409
@@ -211,7 +213,7 @@ def test_prefixes_load_and_unload_while_running(server, tmp_path):
 
 
 def test_an_api_key_guards_every_endpoint():
-    with ServerThread(tiny_bank(), api_key="s3cret") as guarded:
+    with ServerThread(api_key="s3cret") as guarded:
         for method, path in (("GET", "/health"), ("GET", "/v1/models"), ("POST", "/v1/completions"),
                              ("POST", "/v1/prefixes"), ("DELETE", "/v1/prefixes/a")):  # fmt: skip
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
@@ -238,7 +240,7 @@ def _wait_for(condition, seconds: float = 15.0) -> bool:
 
 
 def test_a_full_queue_answers_429_and_a_client_leaving_mid_stream_frees_its_slot():
-    with ServerThread(tiny_bank(), max_pending=1, max_batch=1, max_wait_ms=0) as small:
+    with ServerThread(max_pending=1, max_batch=1, max_wait_ms=0) as small:
         long = {"model": "a", "prompt": "w5 w6", "max_tokens": 2000, "temperature": 0, "stream": True}
         short = {"model": "b", "prompt": "w7", "max_tokens": 2, "temperature": 0}
         with httpx.Client(timeout=TIMEOUT) as client:
@@ -254,4 +256,4 @@ def test_a_full_queue_answers_429_and_a_client_leaving_mid_stream_frees_its_slot
         assert health["tokens"] < 2000  # generation stopped early: the row left the batch
         after = httpx.post(f"{small.url}/v1/completions", json=short, timeout=TIMEOUT)
         assert after.status_code == 200
-        assert after.json()["choices"][0]["text"] == solo_text(small.model, small.tokenizer, "b", "w7", 2)
+        assert after.json()["choices"][0]["text"] == solo_text(small.reference, small.tokenizer, "b", "w7", 2)

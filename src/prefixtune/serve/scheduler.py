@@ -84,6 +84,8 @@ class Stats:
     mixed_batches: int = 0
     """Batches whose rows named more than one prefix (the base model counting as one)."""
     largest_batch: int = 0
+    rows: int = 0
+    """Rows run in all batches (rows / batches: the mean batch size)."""
     tokens: int = 0
 
 
@@ -218,6 +220,7 @@ class Scheduler:
         rows = [row for request in batch for row in self._rows(request)]
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(rows))
+        self.stats.rows += len(rows)
         if len({r.prefix for r in rows}) > 1:
             self.stats.mixed_batches += 1
         try:
