@@ -180,8 +180,11 @@ def main() -> int:
         "per_round_ratio": per_round,
         "identical_texts_round_1": f"{same}/{len(texts['mixed'])}",
         "total_minutes": round((time.perf_counter() - started) / 60, 1),
-        "runs": [{k: v for k, v in r.items() if k != "results"} | {"latencies_s": [round(x["latency_s"], 2)
-                 for x in r["results"]]} for r in runs],  # fmt: skip
+        "runs": [
+            {k: v for k, v in r.items() if k != "results"}
+            | {"latencies_s": [round(x["latency_s"], 2) for x in r["results"]]}
+            for r in runs
+        ],  # fmt: skip
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -14,7 +14,8 @@ WINDOW = 2048  # long enough for a stream that is still running when its client 
 
 
 def tiny_bank(seed: int = 0) -> PrefixModel:
-    """A tiny LLaMA (grouped-query attention) with prefixes "a" (4 vectors) and "b" (2, folded MLP).
+    """A tiny LLaMA (grouped-query attention) with prefixes "a" (4 vectors, positions kept) and "b"
+    (2 vectors, folded MLP, shifted positions).
 
     It has no end-of-sequence token, so every choice runs to max_tokens unless a stop text ends it.
     """
@@ -34,7 +35,7 @@ def tiny_bank(seed: int = 0) -> PrefixModel:
     base.generation_config.pad_token_id = 0
     base.generation_config.eos_token_id = None
     model = add_prefix(base, PrefixConfig(length=4, reparam="flat", seed=1), name="a")
-    model.add("b", PrefixConfig(length=2, reparam="mlp", mlp_hidden=16, seed=2))
+    model.add("b", PrefixConfig(length=2, reparam="mlp", mlp_hidden=16, positions="shifted", seed=2))
     return model.fold()
 
 

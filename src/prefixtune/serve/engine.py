@@ -81,8 +81,17 @@ class Engine:
         live, cache = list(rows), None
         self.model.injector.current = self.model.prefix_batch([r.prefix for r in live], len(live))
         while live:
+            # Positions counted from each row's first real token, given explicitly: left to itself the
+            # model numbers a padded row from its first pad, and once no row of the batch has a prefix
+            # (the prefix hook then stays out) later steps would be numbered unlike the earlier ones.
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]  # (B, T) or (B, 1)
             out = self.model.base(
-                input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True, **self._last_only
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                **self._last_only,
             )
             cache = out.past_key_values
             logits = out.logits[:, -1].float()  # (B, V)
@@ -103,15 +112,9 @@ class Engine:
 
     def _choose(self, row: Row, logits: torch.Tensor) -> int:
         """The next token for `row` from its (V,) logits."""
-        sampling = row.sampling
-        if sampling.temperature == 0:
+        if row.sampling.temperature == 0:
             return int(logits.argmax())
-        probs = torch.softmax(logits / sampling.temperature, dim=-1)
-        if sampling.top_p < 1.0:
-            sorted_probs, order = probs.sort(descending=True)
-            # keep a token while the mass before it is below top_p: the most likely one always stays
-            dropped = sorted_probs.cumsum(0) - sorted_probs >= sampling.top_p
-            probs = probs.scatter(0, order, sorted_probs.masked_fill(dropped, 0.0))
+        probs = probabilities(logits, row.sampling.temperature, row.sampling.top_p)
         return int(torch.multinomial(probs, 1, generator=row.generator))
 
     def _advance(self, row: Row, token: int) -> None:
@@ -132,6 +135,21 @@ class Engine:
             row.sent = ready
         if row.finish:
             row.on_finish(row)
+
+
+def probabilities(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """softmax(logits / temperature) over the nucleus: the most likely tokens whose mass reaches top_p.
+
+    Args:
+        logits: (V,). Returns (V,), zero outside the nucleus (multinomial renormalises).
+    """
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p >= 1.0:
+        return probs
+    sorted_probs, order = probs.sort(descending=True)
+    # keep a token while the mass before it is below top_p: the most likely one always stays
+    dropped = sorted_probs.cumsum(0) - sorted_probs >= top_p
+    return probs.scatter(0, order, sorted_probs.masked_fill(dropped, 0.0))
 
 
 def _safe_length(text: str, stop: tuple[str, ...]) -> int:
