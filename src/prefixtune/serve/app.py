@@ -214,7 +214,10 @@ def _build_request(body: CompletionBody, prefix: str | None, tokenizer, schedule
     for tokens in ids:
         if not tokens:
             raise ApiError(400, "a prompt is empty (no tokens)", param="prompt")
-        needed = engine.positions_needed(tokens, prefix, body.max_tokens)
+        try:
+            needed = engine.positions_needed(tokens, prefix, body.max_tokens)
+        except KeyError:  # unloaded since `_prefix_of` looked
+            raise ApiError(404, f"the model {body.model!r} was unloaded", "model_not_found") from None
         if engine.window is not None and needed > engine.window:
             raise ApiError(
                 400,
