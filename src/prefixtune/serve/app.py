@@ -1,0 +1,325 @@
+"""The OpenAI-compatible HTTP app: FastAPI routes in front of the scheduler.
+
+Routes: `POST /v1/completions` (`model` names a prefix or the base model), `GET /v1/models`,
+`GET /health`, `POST /v1/prefixes` (load a prefix folder) and `DELETE /v1/prefixes/{name}`
+(unload). Every error is OpenAI's error body with a fitting status: 400 for a bad body or
+parameter or a prompt too long for the context, 401 without the API key, 404 for an unknown model,
+409 for a name already taken, 429 when the queue is full, 503 while shutting down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Header
+from fastapi import Request as HttpRequest
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from prefixtune.errors import PrefixTuneError
+from prefixtune.model import PrefixModel
+from prefixtune.serve.config import ServeConfig
+from prefixtune.serve.engine import Engine, Sampling
+from prefixtune.serve.protocol import (
+    CompletionBody,
+    LoadBody,
+    chunk,
+    completion,
+    error_body,
+    model_card,
+    new_id,
+)
+from prefixtune.serve.scheduler import Event, QueueFull, Request, Scheduler, Stopped
+
+_POLL_S = 0.25  # how often a waiting handler checks whether its client is still there
+_KINDS = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+          409: "invalid_request_error", 429: "rate_limit_error", 503: "server_error"}  # fmt: skip
+
+
+class ApiError(Exception):
+    """An error answered with OpenAI's error body."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+
+    def response(self) -> JSONResponse:
+        kind = _KINDS.get(self.status, "server_error")
+        return JSONResponse(error_body(self.message, kind, self.code, self.param), status_code=self.status)
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the routes share: the bank, its tokenizer, the scheduler and the base model's name."""
+
+    model: PrefixModel
+    tokenizer: Any
+    scheduler: Scheduler
+    base_name: str
+    started: int
+
+
+def create_app(model: PrefixModel, tokenizer, config: ServeConfig, base_name: str) -> FastAPI:
+    """The app serving `model`'s prefixes (each by its name) and the bare model (as `base_name`)."""
+    engine = Engine(model, tokenizer)
+    wait_s = config.max_wait_ms / 1000
+    scheduler = Scheduler(engine, config.max_batch, wait_s, config.max_pending, config.policy)
+    served = Served(model, tokenizer, scheduler, base_name, int(time.time()))
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        scheduler.start()
+        yield
+        await run_in_threadpool(scheduler.stop)
+
+    async def check_key(authorization: str | None = Header(default=None)) -> None:
+        if config.api_key is None:
+            return
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.encode(), config.api_key.encode()):
+            message = "missing or wrong API key: send 'Authorization: Bearer KEY'"
+            raise ApiError(401, message, "invalid_api_key")
+
+    # no /docs or /openapi.json: every route the server has is guarded by the key
+    app = FastAPI(title="prefixtune", lifespan=lifespan, dependencies=[Depends(check_key)],
+                  docs_url=None, redoc_url=None, openapi_url=None)  # fmt: skip
+    app.state.scheduler = scheduler
+    _add_error_handlers(app)
+    _add_model_routes(app, served)
+    _add_completion_route(app, served)
+    return app
+
+
+def _add_model_routes(app: FastAPI, served: Served) -> None:
+    model, scheduler, base_name, started = served.model, served.scheduler, served.base_name, served.started
+
+    @app.get("/health")
+    async def health() -> dict:
+        stats = vars(scheduler.stats)
+        return {"status": "ok", "running": len(scheduler.running), "waiting": scheduler.waiting, **stats}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict:
+        cards = [model_card(base_name, None, started)]
+        # sorted() copies the key view in one step, safe while the worker thread loads a prefix
+        cards += [model_card(name, base_name, started) for name in sorted(model.prefixes.keys())]
+        return {"object": "list", "data": cards}
+
+    @app.get("/v1/models/{name}")
+    async def get_model(name: str) -> dict:
+        _prefix_of(name, model, base_name)
+        return model_card(name, None if name == base_name else base_name, started)
+
+    @app.post("/v1/prefixes")
+    async def load(body: LoadBody) -> dict:
+        if body.name == base_name:
+            raise _name_taken(body.name)
+        await _on_worker(scheduler, lambda: _load(model, body))
+        return model_card(body.name, base_name)
+
+    @app.delete("/v1/prefixes/{name}")
+    async def unload(name: str) -> dict:
+        if name == base_name:
+            raise ApiError(400, f"{name!r} is the base model, which cannot be unloaded")
+        _prefix_of(name, model, base_name)
+        await _on_worker(scheduler, lambda: _unload(model, name))
+        return {"id": name, "object": "model", "deleted": True}
+
+
+def _add_completion_route(app: FastAPI, served: Served) -> None:
+    scheduler = served.scheduler
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionBody, http: HttpRequest) -> Response:
+        prefix = _prefix_of(body.model, served.model, served.base_name)
+        request = _build_request(body, prefix, served.tokenizer, scheduler)
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        request.on_event = lambda event: loop.call_soon_threadsafe(queue.put_nowait, event)
+        try:
+            scheduler.submit(request)
+        except QueueFull:
+            raise ApiError(429, "the server's queue is full; retry later", "queue_full") from None
+        except Stopped:
+            raise ApiError(503, "the server is shutting down") from None
+        if not body.stream:
+            return await _collect(queue, http, scheduler, request, body.model)
+        first = await _next_event(queue, http, scheduler, request)
+        if first is None:
+            return Response(status_code=499)  # the client is gone; nobody reads this
+        if first.kind == "error":  # nothing sent yet: answer with a proper status
+            raise ApiError(first.status, first.text)
+        stream = _sse(first, queue, http, scheduler, request, body.model)
+        return StreamingResponse(stream, media_type="text/event-stream")
+
+
+def _name_taken(name: str) -> ApiError:
+    return ApiError(409, f"the name {name!r} is taken; unload it first or pick another", "name_taken")
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_request, err: ApiError) -> JSONResponse:
+        return err.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(_request, err: RequestValidationError) -> JSONResponse:
+        problems = []
+        for problem in err.errors():
+            where = ".".join(str(p) for p in problem.get("loc", ()) if p != "body")
+            problems.append(f"{where}: {problem.get('msg')}" if where else str(problem.get("msg")))
+        param = next((str(p["loc"][-1]) for p in err.errors() if p.get("loc")), None)
+        return ApiError(400, "invalid request: " + "; ".join(problems), "invalid_request", param).response()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request, err: HTTPException) -> JSONResponse:
+        return JSONResponse(error_body(str(err.detail), "invalid_request_error"), status_code=err.status_code)
+
+
+def _prefix_of(name: str, model: PrefixModel, base_name: str) -> str | None:
+    """The prefix a model name stands for (None: the bare base model), or 404."""
+    if name == base_name:
+        return None
+    if name not in model.prefixes:
+        known = ", ".join([base_name, *sorted(model.prefixes.keys())])
+        raise ApiError(404, f"the model {name!r} does not exist; served: {known}", "model_not_found", "model")
+    return name
+
+
+def _build_request(body: CompletionBody, prefix: str | None, tokenizer, scheduler: Scheduler) -> Request:
+    """Check the parameters against this server and tokenize the prompts (400 on any problem)."""
+    unsupported = body.unsupported()
+    if unsupported:
+        raise ApiError(400, f"{unsupported} is not supported by this server", "unsupported", unsupported)
+    prompts = body.prompt_list()
+    if len(prompts) * body.n > scheduler.max_batch:
+        raise ApiError(
+            400,
+            f"{len(prompts)} prompt(s) times n={body.n} is more than the {scheduler.max_batch} rows a batch "
+            "holds; send fewer or start the server with a larger --max-batch",
+            param="n",
+        )
+    engine = scheduler.engine
+    ids = [list(tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts]
+    for tokens in ids:
+        if not tokens:
+            raise ApiError(400, "a prompt is empty (no tokens)", param="prompt")
+        try:
+            needed = engine.positions_needed(tokens, prefix, body.max_tokens)
+        except KeyError:  # unloaded since `_prefix_of` looked
+            raise ApiError(404, f"the model {body.model!r} was unloaded", "model_not_found") from None
+        if engine.window is not None and needed > engine.window:
+            raise ApiError(
+                400,
+                f"this model's context is {engine.window} positions, but the prefix, the prompt "
+                f"({len(tokens)} tokens) and max_tokens ({body.max_tokens}) need {needed}; "
+                "shorten the prompt or lower max_tokens",
+                "context_length_exceeded",
+                "prompt",
+            )
+    sampling = Sampling(body.max_tokens, body.temperature, body.top_p, body.stop_tuple(), body.seed)
+    return Request(body.model, prefix, ids, body.n, sampling, on_event=lambda _event: None)
+
+
+async def _next_event(
+    queue: asyncio.Queue[Event], http: HttpRequest, scheduler: Scheduler, request: Request
+) -> Event | None:
+    """The request's next event; None (and the request cancelled) if the client disconnected."""
+    try:
+        while True:
+            try:
+                return await asyncio.wait_for(queue.get(), timeout=_POLL_S)
+            except asyncio.TimeoutError:
+                if await http.is_disconnected():
+                    scheduler.cancel(request)
+                    return None
+    except asyncio.CancelledError:
+        scheduler.cancel(request)
+        raise
+
+
+async def _collect(
+    queue: asyncio.Queue[Event], http: HttpRequest, scheduler: Scheduler, request: Request, name: str
+) -> Response:
+    texts = [""] * request.rows
+    reasons: list[str | None] = [None] * request.rows
+    while True:
+        event = await _next_event(queue, http, scheduler, request)
+        if event is None:
+            return Response(status_code=499)
+        if event.kind == "error":
+            raise ApiError(event.status, event.text)
+        if event.kind == "text":
+            texts[event.choice] += event.text
+        elif event.kind == "finish":
+            reasons[event.choice] = event.finish_reason
+        elif event.kind == "done":
+            body = completion(new_id(), int(time.time()), name, texts, reasons, event.usage or {})
+            return JSONResponse(body)
+
+
+async def _sse(
+    event: Event,
+    queue: asyncio.Queue[Event],
+    http: HttpRequest,
+    scheduler: Scheduler,
+    request: Request,
+    name: str,
+) -> AsyncIterator[str]:
+    """Server-sent events as OpenAI streams them, ending with `data: [DONE]`."""
+    request_id, created, done = new_id(), int(time.time()), False
+    try:
+        while True:
+            if event.kind == "done":
+                done = True
+                yield "data: [DONE]\n\n"
+                return
+            if event.kind == "error":
+                done = True
+                yield f"data: {json.dumps(error_body(event.text, 'server_error'))}\n\n"
+                return
+            text, reason = (event.text, None) if event.kind == "text" else ("", event.finish_reason)
+            yield f"data: {json.dumps(chunk(request_id, created, name, event.choice, text, reason))}\n\n"
+            next_event = await _next_event(queue, http, scheduler, request)
+            if next_event is None:
+                return
+            event = next_event
+    finally:
+        if not done:  # the client went away mid-stream: its rows leave the batch
+            scheduler.cancel(request)
+
+
+async def _on_worker(scheduler: Scheduler, job) -> None:
+    """Run `job` on the model's thread between batches; a PrefixTuneError becomes a 400."""
+    try:
+        future = scheduler.call(job)
+    except Stopped:
+        raise ApiError(503, "the server is shutting down") from None
+    try:
+        await asyncio.wrap_future(future)
+    except PrefixTuneError as err:
+        raise ApiError(400, str(err), "bad_prefix", "path") from None
+
+
+def _load(model: PrefixModel, body: LoadBody) -> None:
+    from prefixtune.api import load_prefix
+
+    if body.name in model.prefixes:  # loaded by another request while this one waited
+        raise _name_taken(body.name)
+    load_prefix(model, Path(body.path).expanduser(), name=body.name)
+
+
+def _unload(model: PrefixModel, name: str) -> None:
+    if name not in model.prefixes:  # unloaded by another request while this one waited
+        raise ApiError(404, f"the model {name!r} does not exist", "model_not_found", "model")
+    model.remove(name)

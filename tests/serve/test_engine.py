@@ -1,0 +1,108 @@
+"""The step-wise decoder: rows that leave the batch, end-of-sequence, stop texts, top-p, cancelling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from serving import tiny_bank
+from synthetic import word_tokenizer
+from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+from prefixtune.serve.engine import Engine, Row, Sampling, probabilities
+
+PROMPTS = [[5, 6, 7], [20, 21], [40, 41, 42, 43]]
+
+
+def _rows(prefixes, lengths, stop=(), temperature=0.0, seed=None):
+    pieces: dict[int, list[str]] = {}
+    finished: list[int] = []
+    rows = []
+    for i, (prefix, length) in enumerate(zip(prefixes, lengths, strict=True)):
+        pieces[i] = []
+        generator = torch.Generator().manual_seed(seed + i) if seed is not None else None
+        rows.append(
+            Row(
+                prompt=PROMPTS[i],
+                prefix=prefix,
+                sampling=Sampling(max_tokens=length, temperature=temperature, stop=stop),
+                generator=generator,
+                on_text=lambda row, text, i=i: pieces[i].append(text),
+                on_finish=lambda row, i=i: finished.append(i),
+            )
+        )
+    return rows, pieces, finished
+
+
+def _solo(model, prefix, prompt, length) -> list[int]:
+    out = model.generate(torch.tensor([prompt]), prefix=[prefix], max_new_tokens=length, do_sample=False)
+    return out[0, len(prompt) :].tolist()
+
+
+def test_rows_leaving_the_batch_early_leave_the_others_exact():
+    model = tiny_bank()
+    engine = Engine(model, word_tokenizer())
+    prefixes, lengths = ["a", None, "b"], [2, 7, 4]
+    rows, pieces, finished = _rows(prefixes, lengths)
+    engine.run(rows)
+    reference = tiny_bank()
+    for row, prefix, length, prompt in zip(rows, prefixes, lengths, PROMPTS, strict=True):
+        assert row.tokens == _solo(reference, prefix, prompt, length)
+        assert row.finish == "length"
+    assert finished == [0, 2, 1]  # in the order they ran out of tokens
+    assert ["".join(pieces[i]) for i in range(3)] == [row.text for row in rows]
+    assert model.injector.current is None  # nothing left behind for the next caller
+
+
+def test_end_of_sequence_ends_a_row_without_showing_up_in_its_text():
+    model = tiny_bank()
+    greedy = _solo(tiny_bank(), "a", PROMPTS[0], 5)
+    model.base.generation_config.eos_token_id = greedy[3]
+    rows, pieces, _ = _rows(["a"], [5])
+    Engine(model, word_tokenizer()).run(rows)
+    assert rows[0].finish == "stop"
+    assert rows[0].tokens == greedy[: greedy.index(greedy[3])]
+
+
+def test_a_stop_text_is_never_streamed_even_in_part():
+    tokenizer = word_tokenizer()
+    greedy = tokenizer.decode(_solo(tiny_bank(), "b", PROMPTS[1], 6), skip_special_tokens=True)
+    words = greedy.split(" ")
+    stop = f"{words[3]} {words[4]}"
+    rows, pieces, _ = _rows([None, "b"], [6, 6], stop=(stop,))
+    Engine(tiny_bank(), tokenizer).run(rows)
+    row = rows[1]
+    assert row.finish == "stop" and row.text == greedy[: greedy.index(stop)]
+    assert "".join(pieces[1]) == row.text  # so no piece of the stop text was ever sent
+
+
+@pytest.mark.parametrize("top_p", [0.3, 0.8, 0.95])
+def test_the_nucleus_matches_transformers_top_p(top_p):
+    logits = torch.randn(96, generator=torch.Generator().manual_seed(1)) * 3
+    ours = probabilities(logits, 0.7, top_p)
+    warped = TopPLogitsWarper(top_p)(None, TemperatureLogitsWarper(0.7)(None, logits[None]))[0]
+    assert torch.equal(ours > 0, torch.isfinite(warped))
+    torch.testing.assert_close(ours / ours.sum(), torch.softmax(warped, -1), rtol=0, atol=1e-6)
+
+
+def test_sampling_depends_only_on_the_rows_own_generator():
+    model = tiny_bank()
+    engine = Engine(model, word_tokenizer())
+    together, _, _ = _rows(["a", "b", None], [6, 6, 6], temperature=1.0, seed=3)
+    engine.run(together)
+    for i in range(3):
+        alone, _, _ = _rows(["a", "b", None], [6, 6, 6], temperature=1.0, seed=3)
+        engine.run([alone[i]])
+        assert alone[i].tokens == together[i].tokens
+    greedy = [_solo(model, p, q, 6) for p, q in zip(["a", "b", None], PROMPTS, strict=True)]
+    assert [r.tokens for r in together] != greedy
+
+
+def test_a_cancelled_row_leaves_and_the_others_go_on():
+    model = tiny_bank()
+    rows, _, finished = _rows(["a", "b", None], [6, 6, 6])
+    rows[1].is_cancelled = lambda: len(rows[1].tokens) >= 2
+    Engine(model, word_tokenizer()).run(rows)
+    assert len(rows[1].tokens) == 2 and rows[1].finish is None and finished == [0, 2]
+    reference = tiny_bank()
+    assert rows[0].tokens == _solo(reference, "a", PROMPTS[0], 6)
+    assert rows[2].tokens == _solo(reference, None, PROMPTS[2], 6)

@@ -1,0 +1,93 @@
+"""The scheduler: how batches are filled, a full queue, jobs between batches, unloaded prefixes, stop."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from serving import tiny_bank
+from synthetic import word_tokenizer
+
+from prefixtune.serve.engine import Engine, Sampling
+from prefixtune.serve.scheduler import Event, QueueFull, Request, Scheduler
+
+WAIT_S = 60
+
+
+class Collector:
+    """Gathers a request's events; `done` is set by its last one."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.done = threading.Event()
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+        if event.kind in ("done", "error"):
+            self.done.set()
+
+
+def _request(model_name: str, prefix: str | None, tokens: int = 3) -> tuple[Request, Collector]:
+    sink = Collector()
+    sampling = Sampling(max_tokens=tokens, temperature=0)
+    return Request(model_name, prefix, [[5, 6, 7]], 1, sampling, on_event=sink), sink
+
+
+def _scheduler(policy: str = "mixed", **limits) -> Scheduler:
+    settings = {"max_batch": 8, "max_wait_s": 0.0, "max_pending": 16, **limits}
+    return Scheduler(Engine(tiny_bank(), word_tokenizer()), policy=policy, **settings)
+
+
+@pytest.mark.parametrize(("policy", "batches", "mixed"), [("mixed", 1, 1), ("single", 3, 0)])
+def test_batches_are_filled_across_prefixes_or_one_prefix_at_a_time(policy, batches, mixed):
+    scheduler = _scheduler(policy)
+    requests = [_request(n, p) for n, p in (("a", "a"), ("b", "b"), ("a", "a"), ("tiny", None))]
+    for request, _ in requests:
+        scheduler.submit(request)  # all wait before the worker starts, so the batching is deterministic
+    scheduler.start()
+    try:
+        for _, sink in requests:
+            assert sink.done.wait(WAIT_S)
+            assert [e.kind for e in sink.events] == ["text", "text", "text", "finish", "done"]
+    finally:
+        scheduler.stop()
+    assert (scheduler.stats.batches, scheduler.stats.mixed_batches) == (batches, mixed)
+    assert scheduler.stats.completed == 4 and scheduler.stats.tokens == 12
+
+
+def test_a_full_queue_refuses_and_jobs_run_on_the_worker_between_batches():
+    scheduler = _scheduler(max_pending=2)
+    scheduler.submit(_request("a", "a")[0])
+    scheduler.submit(_request("b", "b")[0])
+    with pytest.raises(QueueFull):
+        scheduler.submit(_request("a", "a")[0])
+    job = scheduler.call(lambda: threading.current_thread().name)
+    scheduler.start()
+    try:
+        assert job.result(WAIT_S) == "prefixtune-serve"
+    finally:
+        scheduler.stop()
+
+
+def test_a_request_whose_prefix_was_unloaded_meanwhile_fails_with_404():
+    scheduler = _scheduler()
+    request, sink = _request("a", "a")
+    scheduler.submit(request)
+    scheduler.engine.model.remove("a")
+    scheduler.start()
+    try:
+        assert sink.done.wait(WAIT_S)
+    finally:
+        scheduler.stop()
+    assert sink.events[-1].kind == "error" and sink.events[-1].status == 404
+
+
+def test_stopping_answers_the_waiting_requests_with_503_and_cancelling_drops_them():
+    scheduler = _scheduler()
+    (kept, kept_sink), (dropped, dropped_sink) = _request("a", "a"), _request("b", "b")
+    scheduler.submit(kept)
+    scheduler.submit(dropped)
+    scheduler.cancel(dropped)
+    assert scheduler.waiting == 1 and scheduler.stats.cancelled == 1
+    scheduler.stop()  # never started: everything still waits
+    assert kept_sink.events[-1].status == 503 and not dropped_sink.events
