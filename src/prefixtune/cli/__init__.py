@@ -16,14 +16,14 @@ EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from prefixtune.cli import commands, demo
+    from prefixtune.cli import commands, demo, interop
 
     parser = argparse.ArgumentParser(
         prog="prefixtune",
         description="Prefix-tuning (Li & Liang 2021) for Hugging Face models: train, evaluate, generate.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (setup, run, summary) in {**commands.COMMANDS, **demo.COMMANDS}.items():
+    for name, (setup, run, summary) in {**commands.COMMANDS, **demo.COMMANDS, **interop.COMMANDS}.items():
         command = sub.add_parser(
             name, help=summary, description=summary, formatter_class=argparse.ArgumentDefaultsHelpFormatter
         )
