@@ -11,7 +11,8 @@ gets `positions="shifted"`, which reproduces PEFT's outputs, and only a `shifted
 unless the caller accepts the change. Two places where the conventions part (documented, not bugs):
 - sliding-window layers (Gemma, Mistral): PEFT's past tokens leave the window once the input is
   longer than it; prefixtune keeps the prefix visible to every query;
-- left-padded rows: prefixtune numbers a padded row from its first real token, PEFT from the pad.
+- left-padded rows in a forward pass: prefixtune numbers a padded row from its first real token
+  (the row gets its solo result), PEFT from the pads.
 
 `prefix_projection=True` adapters need nothing special: PEFT saves the MLP's output, not the MLP,
 so the file holds the materialised prefix either way. Only decoder-only models are handled: for
@@ -113,7 +114,8 @@ def _read_adapter_config(folder: Path) -> dict[str, Any]:
     if not isinstance(config, dict) or config.get("peft_type") != PEFT_TYPE:
         found = config.get("peft_type") if isinstance(config, dict) else None
         raise PrefixTuneError(f"{file} holds a {found} adapter; only {PEFT_TYPE} adapters are prefixes")
-    if config.get("task_type") not in (TASK_TYPE, None) or config.get("num_transformer_submodules", 1) != 1:
+    submodules = config.get("num_transformer_submodules")
+    if config.get("task_type") not in (TASK_TYPE, None) or submodules not in (1, None):
         raise PrefixTuneError(
             f"{file} is a {config.get('task_type')} adapter; only decoder-only ({TASK_TYPE}) "
             "prefixes can be imported"
