@@ -59,6 +59,7 @@ def test_an_imported_peft_prefix_gives_peft_outputs(tmp_path, family, projection
     peft_model = _peft_adapter(family, tmp_path / "adapter", projection)
     ours = import_peft(make_model(family), tmp_path / "adapter")
     assert ours.prefixes["default"].config.positions == "shifted"
+    assert ours.prefix_parameters() == []  # frozen unless asked
     _assert_same_outputs(peft_model, ours)
 
 
@@ -108,7 +109,8 @@ def test_a_wrong_tensor_layout_would_fail_the_parity_test(tmp_path):
 def test_export_then_import_gives_back_the_same_keys_and_values(tmp_path):
     ours = add_prefix(make_model("llama"), PrefixConfig(length=3, positions="shifted", seed=1))
     export_peft(ours, tmp_path / "adapter")
-    again = import_peft(make_model("llama"), tmp_path / "adapter")
+    again = import_peft(make_model("llama"), tmp_path / "adapter", trainable=True)
+    assert [p.shape for p in again.prefix_parameters()] == [(3, 2 * 2 * 2 * 16)]  # P x L*2*H_kv*D
     for (k1, v1), (k2, v2) in zip(
         ours.prefixes["default"].slot_tensors(), again.prefixes["default"].slot_tensors(), strict=True
     ):

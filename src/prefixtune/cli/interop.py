@@ -53,7 +53,7 @@ def setup_export(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--base-model-name-or-path",
-        help="what the adapter records as its base model (default: the name stored with the prefix)",
+        help="what the adapter records as its base model; if not given, the name stored with the prefix",
     )
 
 

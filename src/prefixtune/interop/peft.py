@@ -28,14 +28,18 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from prefixtune.config import PrefixConfig
 from prefixtune.errors import PrefixTuneError
 from prefixtune.layout import SlotSpec
+
+if TYPE_CHECKING:
+    from prefixtune.model import PrefixModel
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -157,13 +161,16 @@ def check_fits(peft: PeftPrefix, slots: list[SlotSpec], where: str) -> None:
             )
 
 
-def import_peft(model, path: str | Path, *, name: str | None = None):
+def import_peft(
+    model: nn.Module, path: str | Path, *, name: str | None = None, trainable: bool = False
+) -> PrefixModel:
     """Load a PEFT prefix-tuning adapter onto `model` (a base model or a `PrefixModel`).
 
     The prefix gets `positions="shifted"` and reproduces PEFT's outputs. Returns the `PrefixModel`.
 
     Args:
         name: its name in the bank (default: "default" on a fresh model, else the folder's name).
+        trainable: make the (flat) prefix a trainable parameter, to go on training it.
     """
     from prefixtune.api import wrap
     from prefixtune.model import DEFAULT_NAME, PrefixModel
@@ -178,7 +185,7 @@ def import_peft(model, path: str | Path, *, name: str | None = None):
         prefix = Prefix(config, prefix_model.layout, peft.length, 0)
         with torch.no_grad():
             prefix.reparam.prefix.copy_(prefix_model.layout.join(to_pairs(peft)))
-        prefix.requires_grad_(False)
+        prefix.requires_grad_(trainable)
         if name is None:
             name = DEFAULT_NAME if not prefix_model.prefixes else Path(path).name
         prefix_model.insert(name, prefix.to(prefix_model.device))
@@ -191,7 +198,7 @@ def import_peft(model, path: str | Path, *, name: str | None = None):
 
 # -- writing ------------------------------------------------------------------------------------------
 def export_peft(
-    model,
+    model: PrefixModel,
     path: str | Path,
     *,
     name: str | None = None,
