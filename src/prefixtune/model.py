@@ -95,10 +95,16 @@ class PrefixModel(nn.Module):
         return self.base.config
 
     # -- running ----------------------------------------------------------------------------------
-    def forward(self, input_ids=None, attention_mask=None, prefix: RowPrefixes = None, **kwargs):
-        """The base model's forward, with each row seeing the prefix `prefix` names for it."""
+    def forward(self, input_ids=None, attention_mask=None, prefix: RowPrefixes = None, labels=None, **kwargs):
+        """The base model's forward, with each row seeing the prefix `prefix` names for it.
+
+        `labels` is named (not left to **kwargs) so that Hugging Face's Trainer finds it and reports
+        an evaluation loss.
+        """
         rows = _rows(input_ids, kwargs.get("inputs_embeds"))
         self.injector.current = self.prefix_batch(prefix, rows)
+        if labels is not None:
+            kwargs["labels"] = labels
         return self.base(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     @torch.no_grad()
@@ -183,8 +189,40 @@ class PrefixModel(nn.Module):
         Non-reentrant checkpointing is required: the reentrant kind only sends gradients to a
         checkpointed block's tensor inputs, and the prefixes reach attention by another route.
         """
-        self.base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        self.activation_checkpointing_enable()
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **options):
+        """What Hugging Face's Trainer calls for `activation_checkpointing=True`; always non-reentrant."""
+        if (activation_checkpointing_kwargs or {}).get("use_reentrant"):
+            raise PrefixTuneError(
+                "reentrant checkpointing sends no gradient to the prefixes; use use_reentrant=False"
+            )
+        kwargs = {**(activation_checkpointing_kwargs or {}), "use_reentrant": False}
+        self.base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, **options)
         self.base.config.use_cache = False
+
+    def state_dict(self, *, destination=None, prefix: str = "", keep_vars: bool = False):
+        """The prefix bank only (`prefixes.NAME.*`), never the frozen base model's weights.
+
+        This is what makes a Hugging Face Trainer checkpoint of a PrefixModel a few KB instead of a
+        copy of the base model; `load_state_dict` reads it back (see `prefixtune.interop.trainer`).
+        """
+        return self.prefixes.state_dict(
+            destination=destination, prefix=prefix + "prefixes.", keep_vars=keep_vars
+        )
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load the prefix bank from what `state_dict` wrote; the base model is not touched."""
+        own = {k.removeprefix("prefixes."): v for k, v in state_dict.items() if k.startswith("prefixes.")}
+        result = self.prefixes.load_state_dict(own, strict=False, assign=assign)
+        missing = [f"prefixes.{k}" for k in result.missing_keys]
+        unexpected = [f"prefixes.{k}" for k in result.unexpected_keys]
+        unexpected += [k for k in state_dict if not k.startswith("prefixes.")]
+        if strict and (missing or unexpected):
+            raise RuntimeError(
+                f"the state dict does not fit this prefix bank: missing {missing}, unexpected {unexpected}"
+            )
+        return type(result)(missing, unexpected)
 
     def fold(self) -> PrefixModel:
         """Replace every MLP reparametrisation by the flat prefix it produces (outputs unchanged)."""

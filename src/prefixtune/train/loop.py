@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from prefixtune.api import add_prefix
 from prefixtune.data import Example, read_dataset
 from prefixtune.errors import PrefixTuneError
-from prefixtune.train import report
+from prefixtune.train import distributed, report
 from prefixtune.train.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from prefixtune.train.config import RESUMABLE_CHANGES, TrainConfig
 from prefixtune.train.encode import bucketed_batches
@@ -75,13 +75,26 @@ def train(
 ) -> TrainResult:
     """Run (or resume) training as `config` says; see `TrainConfig` for every setting.
 
+    Under `torchrun` / `accelerate launch` the processes split each global batch (see `distributed`);
+    the run ends with the prefix one process would reach, and only rank 0 writes.
+
     Args:
         model_and_tokenizer: an already loaded (base model, tokenizer), instead of loading `config.base`.
     """
+    started = distributed.join()
+    try:
+        return _train(config, resume, model_and_tokenizer, progress)
+    finally:
+        distributed.leave(started)
+
+
+def _train(config: TrainConfig, resume: bool, model_and_tokenizer, progress: bool) -> TrainResult:
+    main = distributed.current().main
     train_set, dev_set = load_data(config)  # bad data fails before the run folder is created
-    folder = prepare_output(config, resume)
+    distributed.on_main(prepare_output, config, resume)
+    folder = Path(config.output)
     base, tokenizer = model_and_tokenizer or _load_base(config.base)
-    model = add_prefix(base, config.prefix_config(), tokenizer=tokenizer)
+    model = add_prefix(distributed.place(base), config.prefix_config(), tokenizer=tokenizer)
     # decoder-only: [x; y] in one stream; encoder-decoder: x to the encoder, y as labels (train/seq2seq.py)
     recipe = recipe_for(model)
     encoded = recipe.encode(train_set, tokenizer, config.max_source_tokens, config.max_target_tokens)
@@ -98,25 +111,31 @@ def train(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     context = _RunContext(config, folder, model, tokenizer, dev_set, optimizer, scheduler, cursor, run)
     stopper = _Interrupt()
-    bar = tqdm(total=config.steps, initial=run["step"], disable=not progress, unit="step", dynamic_ncols=True)
+    shown = progress and main
+    bar = tqdm(total=config.steps, initial=run["step"], disable=not shown, unit="step", dynamic_ncols=True)
     model.train()
     try:
-        while run["step"] < config.steps and not stopper.requested and not run.get("stopped_early"):
+        while run["step"] < config.steps and not run.get("stopped_early"):
+            if distributed.any_rank(stopper.requested, model.device):  # every rank stops at the same step
+                stopper.requested = True
+                break
             record = _step(model, encoded, cursor, pad, params, optimizer, scheduler, config)
             run["step"] += 1
             record["step"] = run["step"]
-            report.append_log(folder, record)
+            if main:
+                report.append_log(folder, record)
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
             _after_step(context)
     finally:
         bar.close()
         stopper.restore()
-    if stopper.requested:
+    if main and stopper.requested:
         context.checkpoint()
-    elif not dev_set:
+    elif main and not dev_set:
         model.save(folder / PREFIX_DIR, include_trainable=True)
-    report.plot_curve(folder)
+    if main:
+        report.plot_curve(folder)
     return TrainResult(
         folder,
         folder / PREFIX_DIR,
@@ -159,23 +178,35 @@ class _RunContext:
 
 
 def _step(model, encoded, cursor, pad, params, optimizer, scheduler, config) -> dict[str, Any]:
-    """One optimizer step over `grad_accum` micro-batches; the loss is averaged over target tokens."""
+    """One optimizer step over `grad_accum` micro-batches; the loss is averaged over target tokens.
+
+    With several processes each runs its share of every micro-batch's rows; the normaliser is still
+    the global batch's target count, so the summed gradients equal one process's.
+    """
     start = time.perf_counter()
     recipe = recipe_for(model)
-    batches = [recipe.collate([encoded[i] for i in cursor.next()], pad) for _ in range(config.grad_accum)]
-    targets = sum(recipe.targets(b) for b in batches)
-    total = 0.0
+    global_rows = [cursor.next() for _ in range(config.grad_accum)]
+    global_batches = [recipe.collate([encoded[i] for i in rows], pad) for rows in global_rows]
+    targets = sum(recipe.targets(b) for b in global_batches)
+    batches = global_batches
+    if distributed.current().world > 1:
+        shards = [distributed.shard(rows) for rows in global_rows]
+        # a micro-batch smaller than the process count leaves some processes no rows
+        batches = [recipe.collate([encoded[i] for i in rows], pad) for rows in shards if rows]
+    total, tokens = 0.0, 0
     for batch in batches:
-        loss, _ = recipe.loss(model, batch)
+        loss, _ = recipe.loss(model, {k: v.to(model.device) for k, v in batch.items()})
         (loss / targets).backward()
         total += loss.item()
+        tokens += int(batch["attention_mask"].sum())
+    distributed.sum_gradients(params)
+    total, tokens = distributed.total(total, model.device), int(distributed.total(tokens, model.device))
     if config.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - start
-    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     return {
         "kind": "train",
         "loss": total / targets,
@@ -190,10 +221,13 @@ def _after_step(ctx: _RunContext) -> None:
     """Evaluate, keep the best prefix, stop early, checkpoint: whatever this step is due for."""
     step, config = ctx.run["step"], ctx.config
     evaluated = False
+    main = distributed.current().main
     if ctx.dev_set and (step % config.eval_every == 0 or step == config.steps):
-        _evaluate(ctx)
+        if main:  # the other processes wait for its verdict on early stopping
+            _evaluate(ctx)
+        ctx.run["stopped_early"] = distributed.from_main(ctx.run.get("stopped_early", False))
         evaluated = True
-    if evaluated or step % config.checkpoint_every == 0 or step == config.steps:
+    if main and (evaluated or step % config.checkpoint_every == 0 or step == config.steps):
         ctx.checkpoint()
 
 
@@ -238,7 +272,8 @@ def _restore(folder, model, optimizer, scheduler, cursor, run) -> None:
     cursor.epoch, cursor.index = state["cursor"]["epoch"], state["cursor"]["index"]
     for key in ("step", "best", "bad_evals", "stopped_early"):
         run[key] = state.get(key, run.get(key))
-    report.truncate_log(folder, state["step"])
+    if distributed.current().main:
+        report.truncate_log(folder, state["step"])
 
 
 def prepare_output(config: TrainConfig, resume: bool) -> Path:

@@ -1,0 +1,80 @@
+"""`prefixtune import-peft | export-peft`: convert between PEFT prefix-tuning adapters and prefix folders."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from prefixtune.errors import PrefixTuneError
+
+
+def setup_import(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "adapter", help="PEFT adapter folder (adapter_config.json + adapter_model.safetensors)"
+    )
+    parser.add_argument("output", help="new folder for the prefix")
+    parser.add_argument(
+        "--base",
+        default="smollm2-135m",
+        help="the base model the adapter was trained on (folder, .gguf file or alias); "
+        "its shapes are checked and its fingerprint is stored with the prefix",
+    )
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from prefixtune.interop.peft import import_peft, read_peft_prefix
+    from prefixtune.loading import load_base
+
+    output = Path(args.output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise PrefixTuneError(f"{output} exists and is not an empty folder; choose a new output folder")
+    peft = read_peft_prefix(args.adapter)  # a bad adapter fails before the model loads
+    base, _ = load_base(args.base)
+    model = import_peft(base, args.adapter)
+    model.save(output)
+    named = peft.config.get("base_model_name_or_path")
+    print(
+        f"imported a PEFT prefix of length {peft.length} over {peft.layers} layers "
+        f"({peft.kv_heads} KV heads x {peft.head_dim}) into {output}, positions shifted as in PEFT"
+    )
+    if named:
+        print(f"the adapter names its base model {named!r}; it was checked against --base {args.base}")
+    return 0
+
+
+def setup_export(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prefix", help="prefix folder (from `prefixtune train` or `import-peft`)")
+    parser.add_argument("output", help="new folder for the PEFT adapter")
+    parser.add_argument(
+        "--allow-position-change",
+        action="store_true",
+        help='export a prefix trained with positions "keep" anyway (PEFT shifts real tokens by P, so '
+        "its outputs will differ)",
+    )
+    parser.add_argument(
+        "--base-model-name-or-path",
+        help="what the adapter records as its base model; if not given, the name stored with the prefix",
+    )
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from prefixtune.interop.peft import export_peft_folder, read_peft_prefix
+
+    out = export_peft_folder(
+        args.prefix,
+        args.output,
+        allow_position_change=args.allow_position_change,
+        base_model_name_or_path=args.base_model_name_or_path,
+    )
+    peft = read_peft_prefix(out)
+    print(
+        f"PEFT adapter written to {out} (length {peft.length}, {peft.layers} layers); "
+        "load it with peft.PeftModel.from_pretrained(base_model, PATH)"
+    )
+    return 0
+
+
+COMMANDS = {
+    "import-peft": (setup_import, run_import, "convert a PEFT prefix-tuning adapter into a prefix folder"),
+    "export-peft": (setup_export, run_export, "convert a prefix folder into a PEFT prefix-tuning adapter"),
+}

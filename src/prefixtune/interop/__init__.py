@@ -1,0 +1,1 @@
+"""Interchange with the ecosystem: PEFT adapters (`peft`) and Hugging Face's Trainer (`trainer`)."""

@@ -1,0 +1,40 @@
+"""Hugging Face `Trainer` with a `PrefixModel`: pass it as the model, add `PrefixCheckpointCallback`.
+
+    trainer = Trainer(model=prefix_model, args=args, train_dataset=..., data_collator=...,
+                      callbacks=[PrefixCheckpointCallback()])
+
+What makes this work without subclassing the Trainer:
+- `PrefixModel.state_dict()` holds only the prefix bank, so the `model.safetensors` the Trainer writes
+  into each checkpoint is the prefixes' few KB, not a copy of the base model, and the Trainer's own
+  `load_state_dict` on resume and for `load_best_model_at_end` restores exactly the prefixes;
+- `PrefixModel.forward` names `labels`, so the Trainer reports an evaluation loss;
+- this callback writes each checkpoint's prefix as a prefix folder (`checkpoint-N/prefix`), loadable
+  with `load_prefix` or `prefixtune evaluate --prefix`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+PREFIX_FOLDER = "prefix"
+
+
+class PrefixCheckpointCallback(TrainerCallback):
+    """Save every prefix of the bank into each checkpoint: the default one as `checkpoint-N/prefix`,
+    any other as `checkpoint-N/prefix-NAME`. Only the main process writes."""
+
+    def __init__(self, include_trainable: bool = True) -> None:
+        self.include_trainable = include_trainable
+        """Keep the MLP reparametrisation too, so `load_prefix(..., trainable=True)` can go on training."""
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero or model is None:
+            return control
+        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        for name in model.prefixes:
+            folder = PREFIX_FOLDER if name == model.default_prefix else f"{PREFIX_FOLDER}-{name}"
+            model.save(checkpoint / folder, name=name, include_trainable=self.include_trainable)
+        return control
