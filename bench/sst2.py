@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-DATA = Path("/work/shared/data/sst2")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
 PEERS = ("prefixtune", "peft", "full")
 _START = time.perf_counter()
 

@@ -51,7 +51,7 @@ from torch.nn import functional
 
 IGNORE = -100
 _START = time.perf_counter()
-E2E_TRAIN = Path("/work/shared/data/e2e/trainset.csv")
+E2E_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "e2e" / "trainset.csv"
 ALL_TOKEN_PEERS = ("prefixtune", "peft", "floor")
 TARGET_PEERS = ("prefixtune_target_logits", "prefixtune_target_full", "peft_target", "floor_target")
 PEERS = ALL_TOKEN_PEERS + TARGET_PEERS

@@ -14,7 +14,7 @@ from prefixtune.heads import train_head
 
 pytestmark = pytest.mark.slow
 
-SST2 = Path("/work/shared/data/sst2")
+SST2 = Path(__file__).parent / "resources" / "sst2_sample"  # 96 train, 32 dev rows of GLUE SST-2
 TEXTS = ["a gorgeous , witty , seductive movie .", "the plot is nothing but boilerplate clichés"]
 
 
@@ -48,18 +48,8 @@ def test_minilm_classifier_round_trips_with_its_head(tmp_path):
     torch.testing.assert_close(load_prefix(base, tmp_path / "p")(**batch).logits, expected, rtol=0, atol=1e-6)
 
 
-def _head(source: Path, target: Path, rows: int) -> Path:
-    with open(source, encoding="utf-8") as handle:
-        lines = handle.readlines()[: rows + 1]
-    target.write_text("".join(lines), encoding="utf-8")
-    return target
-
-
 def test_cli_trains_evaluates_and_classifies_on_sst2(tmp_path, capsys):
-    train, dev = (
-        _head(SST2 / "train.tsv", tmp_path / "train.tsv", 96),
-        _head(SST2 / "dev.tsv", tmp_path / "dev.tsv", 32),
-    )
+    train, dev = SST2 / "train.tsv", SST2 / "dev.tsv"
     run = tmp_path / "run"
     args = ["train", "--task", "classify", "--train", str(train), "--dev", str(dev), "--output", str(run)]
     assert main([*args, "--steps", "6", "--eval-every", "3", "--batch-size", "16", "--quiet"]) == 0

@@ -13,10 +13,8 @@ import pytest
 from prefixtune.data import bundled_e2e, group_references, read_e2e_csv
 from prefixtune.errors import PrefixTuneError
 
-ORIGINALS = {
-    "train": Path("/work/shared/data/e2e/trainset.csv"),
-    "dev": Path("/work/shared/data/e2e/devset.csv"),
-}
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared beside the checkout
+ORIGINALS = {"train": SHARED / "e2e" / "trainset.csv", "dev": SHARED / "e2e" / "devset.csv"}
 SIZES = {"train": (2000, 235), "dev": (526, 60)}  # rows, distinct MRs
 
 

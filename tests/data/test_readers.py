@@ -21,7 +21,7 @@ from prefixtune.data import (
 )
 from prefixtune.errors import PrefixTuneError
 
-SHARED = Path("/work/shared/data")
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared beside the checkout
 
 E2E_CSV = (
     "mr,ref\r\n"
