@@ -91,3 +91,22 @@ def test_stopping_answers_the_waiting_requests_with_503_and_cancelling_drops_the
     assert scheduler.waiting == 1 and scheduler.stats.cancelled == 1
     scheduler.stop()  # never started: everything still waits
     assert kept_sink.events[-1].status == 503 and not dropped_sink.events
+
+
+def test_a_request_that_waited_through_a_batch_still_gives_others_time_to_join():
+    # A closed loop of clients: request 1 waited while the worker was busy (long past its own
+    # max_wait), and the client answered by that batch sends request 2 a moment after the worker
+    # comes free. Both must share the next batch, or the clients split into cohorts for good.
+    scheduler = _scheduler(max_wait_s=1.0)
+    first, first_sink = _request("a", "a")
+    first.arrived -= 30.0  # arrived long ago
+    scheduler._free_since = first.arrived + 29.9  # the worker came free 0.1 s ago
+    scheduler.submit(first)
+    scheduler.start()
+    try:
+        second, second_sink = _request("b", "b")
+        scheduler.submit(second)
+        assert first_sink.done.wait(WAIT_S) and second_sink.done.wait(WAIT_S)
+    finally:
+        scheduler.stop()
+    assert (scheduler.stats.batches, scheduler.stats.mixed_batches) == (1, 1)

@@ -22,7 +22,8 @@ class ServeConfig:
     """Rows (prompts times n) decoded together at most; also the largest n a request may ask for."""
 
     max_wait_ms: float = 10.0
-    """How long the oldest waiting request may wait for others to join its batch."""
+    """How long a batch waits to fill: from its oldest request's arrival, or from when the last batch
+    ended if that is later (so that clients answered by one batch can join the next)."""
 
     max_pending: int = 256
     """Requests held at once, waiting or running; beyond it a request is answered 429."""

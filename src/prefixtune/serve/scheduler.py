@@ -107,6 +107,8 @@ class Scheduler:
         self.stats = Stats()
         self.running: list[Request] = []
         self._waiting: deque[Request] = deque()
+        self._free_since = 0.0
+        """When the worker last finished a batch (`time.monotonic()`)."""
         self._jobs: deque[tuple[Callable[[], Any], Future]] = deque()
         self._wake = threading.Condition()
         self._stopping = False
@@ -188,7 +190,13 @@ class Scheduler:
                 if self._waiting:
                     eligible = self._eligible()
                     rows = sum(r.rows for r in eligible)
-                    wait = self._waiting[0].arrived + self.max_wait_s - time.monotonic()
+                    # The fill window opens when the oldest request arrived or, if later, when the
+                    # worker came free: clients answered by the last batch get `max_wait_s` to send
+                    # their next request and join the next batch. Counted from arrival alone, requests
+                    # that waited through a batch leave at once, and a closed loop of clients splits
+                    # into cohorts that never share a batch again.
+                    opened = max(self._waiting[0].arrived, self._free_since)
+                    wait = opened + self.max_wait_s - time.monotonic()
                     if rows >= self.max_batch or wait <= 0:
                         batch = self._take(eligible)
                         self.running = batch
@@ -239,6 +247,7 @@ class Scheduler:
                     self.stats.tokens += sum(len(r.tokens) for r in request._rows if r.finish is None)
             with self._wake:
                 self.running = []
+                self._free_since = time.monotonic()
 
     def _rows(self, request: Request) -> list[Row]:
         """The request's rows, or none if it was cancelled or names a prefix unloaded meanwhile."""
