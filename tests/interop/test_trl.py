@@ -63,7 +63,10 @@ def _prefix(model) -> torch.Tensor:
 def test_sft_trainer_trains_and_checkpoints_only_the_prefix_and_restores_the_best(tmp_path):
     # "best" = highest eval loss, so that the best checkpoint is the first one, not the last
     trainer = _trainer(
-        tmp_path / "out", load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=True
+        tmp_path / "out",
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=True,
     )
     model = trainer.model
     base_before = {k: v.clone() for k, v in model.base.state_dict().items()}
@@ -77,7 +80,8 @@ def test_sft_trainer_trains_and_checkpoints_only_the_prefix_and_restores_the_bes
     stored = load_file(tmp_path / "out" / "checkpoint-8" / "model.safetensors")
     assert stored and all(k.startswith("prefixes.default.") for k in stored)
     best, last = (
-        _prefix(load_prefix(make_model("llama"), tmp_path / "out" / f"checkpoint-{s}" / "prefix")) for s in (4, 8)
+        _prefix(load_prefix(make_model("llama"), tmp_path / "out" / f"checkpoint-{s}" / "prefix"))
+        for s in (4, 8)
     )
     assert (best - last).abs().max() > 1e-3
     torch.testing.assert_close(_prefix(model), best, rtol=0, atol=1e-6)
