@@ -3,22 +3,17 @@ the one-process prefix."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import make_model
+from launch import run_two
 from synthetic import word_tokenizer, write_task
 
 from prefixtune import load_prefix
 from prefixtune.cli import main
 from prefixtune.train.report import read_log
-
-SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def _options(tmp_path: Path) -> list[str]:
@@ -45,23 +40,6 @@ def _options(tmp_path: Path) -> list[str]:
     return [part for key, value in settings.items() for part in (f"--{key}", str(value))] + ["--quiet"]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _launcher(name: str) -> list[str]:
-    """The launcher's command line for 2 CPU processes. accelerate's `--multi_gpu` is its torchrun
-    mode (no GPU needed: `join` picks gloo); its `--cpu` would start a single process unless given
-    an MPI hostfile."""
-    if name == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2"]
-    quiet = ["--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no"]  # its defaults, said aloud
-    return [*accelerate, *quiet, f"--main_process_port={_free_port()}"]
-
-
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory) -> tuple[list[str], Path]:
     """The task's options and the folder of its one-process run."""
@@ -75,15 +53,7 @@ def one_process(tmp_path_factory) -> tuple[list[str], Path]:
 def test_two_processes_end_with_the_one_process_prefix(one_process, launcher, tmp_path):
     options, run1 = one_process
     runs = {1: run1, 2: tmp_path / "run2"}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    env["HF_HOME"] = str(tmp_path / "hf")  # no accelerate config of the user's reaches the test
-    done = subprocess.run(
-        [*_launcher(launcher), "-m", "prefixtune", "train", *options, "--output", str(runs[2])],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    done = run_two(["prefixtune", "train", *options, "--output", str(runs[2])], tmp_path, launcher)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("trained 4 steps") == 2  # both ranks ran every step
     one, two = (load_prefix(make_model("llama"), runs[n] / "prefix") for n in (1, 2))
