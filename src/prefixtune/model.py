@@ -275,6 +275,13 @@ class PrefixModel(nn.Module):
         name = name or self.default_prefix
         if name is None:
             raise PrefixTuneError("nothing to save: this PrefixModel holds no prefix")
+        if is_sharded(self):
+            raise PrefixTuneError(
+                "this PrefixModel is sharded (FSDP): on every process gather the prefix bank with "
+                "torch.distributed.checkpoint.state_dict.get_model_state_dict(model, options="
+                "StateDictOptions(full_state_dict=True)), load it into a PrefixModel of the unsharded "
+                "base with load_state_dict, and save that one"
+            )
         self._check_names([name])
         return save_prefix(self, name, Path(path), include_trainable=include_trainable)
 
@@ -283,6 +290,17 @@ class PrefixModel(nn.Module):
         self._hook_handle.remove()
         detach(self.base, self.injector)
         return self.base
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """True when FSDP2 (`fully_shard`) has turned the module's parameters into sharded DTensors."""
+    if not torch.distributed.is_available():
+        return False
+    try:
+        from torch.distributed.tensor import DTensor  # public since torch 2.5, as FSDP2 is
+    except ImportError:
+        return False
+    return any(isinstance(p, DTensor) for p in module.parameters())
 
 
 def _check_positions(config: PrefixConfig, base: nn.Module) -> None:

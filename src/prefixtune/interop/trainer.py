@@ -15,6 +15,7 @@ What makes this work without subclassing the Trainer:
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from torch import distributed as dist
@@ -22,6 +23,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from prefixtune.errors import PrefixTuneError
+from prefixtune.model import is_sharded
 
 PREFIX_FOLDER = "prefix"
 
@@ -51,7 +53,17 @@ class PrefixCheckpointCallback(TrainerCallback):
         return control
 
     def on_save(self, args, state, control, model=None, **kwargs):
-        if not state.is_world_process_zero or model is None:
+        if model is None:
+            return control
+        if is_sharded(model):
+            # A prefix folder needs the whole prefix and a sample of the base's weights, which FSDP
+            # holds in shards; the Trainer's own checkpoint (FSDP's format) holds the prefix bank.
+            if state.is_world_process_zero:
+                warnings.warn(
+                    "FSDP: no checkpoint-N/prefix folder is written; see PrefixModel.save", stacklevel=2
+                )
+            return control
+        if not state.is_world_process_zero:
             return control
         checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         for name in model.prefixes:
