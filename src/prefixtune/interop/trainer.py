@@ -56,8 +56,8 @@ class PrefixCheckpointCallback(TrainerCallback):
         if model is None:
             return control
         if is_sharded(model):
-            # A prefix folder needs the whole prefix and a sample of the base's weights, which FSDP
-            # holds in shards; the Trainer's own checkpoint (FSDP's format) holds the prefix bank.
+            # A prefix folder records a sample of the base's weights, which FSDP holds in shards
+            # (see PrefixModel.save for the way out); the Trainer still writes its own checkpoint.
             if state.is_world_process_zero:
                 warnings.warn(
                     "FSDP: no checkpoint-N/prefix folder is written; see PrefixModel.save", stacklevel=2
