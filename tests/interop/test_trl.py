@@ -100,3 +100,36 @@ def test_the_fused_loss_sees_the_prefix(tmp_path):
         fused = trainer.compute_loss(model, dict(batch))  # TRL's fused LM head, through model.base_model
     assert abs(own - bare) > 1e-2
     torch.testing.assert_close(fused, own, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_sft_trainer_on_smollm2_sees_the_prefix_and_trains_it(tmp_path):
+    from prefixtune.loading import load_base
+
+    base, tokenizer = load_base("smollm2-135m")
+    model = add_prefix(base, PrefixConfig(length=5, positions="shifted", seed=0))
+    rows = [
+        {"prompt": "name[The Vaults], eatType[pub]\n", "completion": " The Vaults is a pub."},
+        {"prompt": "name[Aromi], area[city centre]\n", "completion": " Aromi is in the city centre."},
+    ]
+    settings = {"max_steps": 3, "per_device_train_batch_size": 2, "learning_rate": 1e-2, "report_to": []}
+    trainer = trl.SFTTrainer(
+        model=model,
+        args=trl.SFTConfig(str(tmp_path), use_cpu=True, disable_tqdm=True, dataset_num_proc=None, **settings),
+        train_dataset=datasets.Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+    with torch.no_grad():
+        own = PrefixModel.forward(model.eval(), **inputs).loss
+        bare = PrefixModel.forward(model, **inputs, prefix=[None, None]).loss
+        fused = trainer.compute_loss(model, dict(batch))
+    assert abs(own - bare) > 1e-2
+    torch.testing.assert_close(fused, own, rtol=0, atol=1e-4)
+    start = _prefix(model)
+    frozen = [model.base.get_input_embeddings().weight, model.base.model.layers[-1].self_attn.q_proj.weight]
+    before = [w.detach().clone() for w in frozen]
+    trainer.train()
+    assert (_prefix(model) - start).abs().max() > 1e-3
+    assert all(torch.equal(w, b) for w, b in zip(frozen, before, strict=True))
