@@ -94,6 +94,44 @@ class PrefixModel(nn.Module):
         """The base model's config (so code written for Hugging Face models finds it)."""
         return self.base.config
 
+    # -- what trainers look up on a Hugging Face model (TRL's SFTTrainer; see interop.trainer) -----
+    @property
+    def generation_config(self):
+        """The base model's generation config (SFTTrainer writes the tokenizer's pad/eos ids into it)."""
+        return self.base.generation_config
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.base.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.base.get_output_embeddings()
+
+    def add_model_tags(self, tags: str | list[str]) -> None:
+        """Tag the base model's card (SFTTrainer adds "trl", "sft")."""
+        if hasattr(self.base, "add_model_tags"):
+            self.base.add_model_tags(tags)
+
+    @property
+    def base_model(self):
+        """The base's body without its LM head, with the prefixes injected: a callable taking
+        `forward`'s arguments and returning the body's output (`last_hidden_state`).
+
+        TRL's SFTTrainer replaces `forward` with a fused loss that calls `model.base_model(...)` and
+        projects the hidden states through `get_output_embeddings()` itself; without this, that path
+        would skip `forward` and so never tell the attention which prefix each row sees.
+        """
+        return self._body_forward
+
+    def _body_forward(self, input_ids=None, attention_mask=None, prefix: RowPrefixes = None, **kwargs):
+        rows = _rows(input_ids, kwargs.get("inputs_embeds"))
+        self.injector.current = self.prefix_batch(prefix, rows)
+        kwargs.update(input_ids=input_ids, attention_mask=attention_mask)
+        # The position hook sits on the whole base model, which this path does not call: run it here
+        # so the body gets the position ids the whole model's forward would give it.
+        changed = self._hook(self.base, (), kwargs)
+        body = self.base.base_model
+        return body(**(changed[1] if changed is not None else kwargs))
+
     # -- running ----------------------------------------------------------------------------------
     def forward(self, input_ids=None, attention_mask=None, prefix: RowPrefixes = None, labels=None, **kwargs):
         """The base model's forward, with each row seeing the prefix `prefix` names for it.
@@ -237,6 +275,13 @@ class PrefixModel(nn.Module):
         name = name or self.default_prefix
         if name is None:
             raise PrefixTuneError("nothing to save: this PrefixModel holds no prefix")
+        if is_sharded(self):
+            raise PrefixTuneError(
+                "this PrefixModel is sharded (FSDP): on every process gather the prefix bank with "
+                "torch.distributed.checkpoint.state_dict.get_model_state_dict(model, options="
+                "StateDictOptions(full_state_dict=True)), load it into a PrefixModel of the unsharded "
+                "base with load_state_dict, and save that one"
+            )
         self._check_names([name])
         return save_prefix(self, name, Path(path), include_trainable=include_trainable)
 
@@ -245,6 +290,17 @@ class PrefixModel(nn.Module):
         self._hook_handle.remove()
         detach(self.base, self.injector)
         return self.base
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """True when FSDP2 (`fully_shard`) has turned the module's parameters into sharded DTensors."""
+    if not torch.distributed.is_available():
+        return False
+    try:
+        from torch.distributed.tensor import DTensor  # public since torch 2.5, as FSDP2 is
+    except ImportError:
+        return False
+    return any(isinstance(p, DTensor) for p in module.parameters())
 
 
 def _check_positions(config: PrefixConfig, base: nn.Module) -> None:

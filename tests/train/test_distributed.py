@@ -1,21 +1,19 @@
-"""`prefixtune train` under torchrun: two CPU processes (gloo) end with the one-process prefix."""
+"""`prefixtune train` under torchrun and under accelerate launch: two CPU processes (gloo) end with
+the one-process prefix."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import make_model
+from launch import run_two
 from synthetic import word_tokenizer, write_task
 
 from prefixtune import load_prefix
 from prefixtune.cli import main
 from prefixtune.train.report import read_log
-
-SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def _options(tmp_path: Path) -> list[str]:
@@ -42,19 +40,20 @@ def _options(tmp_path: Path) -> list[str]:
     return [part for key, value in settings.items() for part in (f"--{key}", str(value))] + ["--quiet"]
 
 
-def test_two_processes_end_with_the_one_process_prefix(tmp_path):
-    options = _options(tmp_path)
-    runs = {n: tmp_path / f"run{n}" for n in (1, 2)}
-    assert main(["train", *options, "--output", str(runs[1])]) == 0
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(
-        [*launcher, "-m", "prefixtune", "train", *options, "--output", str(runs[2])],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> tuple[list[str], Path]:
+    """The task's options and the folder of its one-process run."""
+    folder = tmp_path_factory.mktemp("one")
+    options = _options(folder)
+    assert main(["train", *options, "--output", str(folder / "run1")]) == 0
+    return options, folder / "run1"
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_processes_end_with_the_one_process_prefix(one_process, launcher, tmp_path):
+    options, run1 = one_process
+    runs = {1: run1, 2: tmp_path / "run2"}
+    done = run_two(["prefixtune", "train", *options, "--output", str(runs[2])], tmp_path, launcher)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("trained 4 steps") == 2  # both ranks ran every step
     one, two = (load_prefix(make_model("llama"), runs[n] / "prefix") for n in (1, 2))

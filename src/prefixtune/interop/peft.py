@@ -172,28 +172,48 @@ def import_peft(
         name: its name in the bank (default: "default" on a fresh model, else the folder's name).
         trainable: make the (flat) prefix a trainable parameter, to go on training it.
     """
+    peft = read_peft_prefix(path)  # a bad adapter fails before the model is touched
+    return insert_peft_prefix(
+        model, peft, str(path), name=name or _default_name(model, path), trainable=trainable
+    )
+
+
+def insert_peft_prefix(
+    model: nn.Module, peft: PeftPrefix, where: str, *, name: str, trainable: bool = False
+) -> PrefixModel:
+    """Put a prefix in PEFT's layout into the bank of `model` (a base model or a `PrefixModel`) as
+    a flat `positions="shifted"` prefix called `name`; `where` names its source in errors."""
     from prefixtune.api import wrap
-    from prefixtune.model import DEFAULT_NAME, PrefixModel
+    from prefixtune.model import PrefixModel
     from prefixtune.prefix import Prefix
 
-    peft = read_peft_prefix(path)  # a bad adapter fails before the model is touched
     fresh = not isinstance(model, PrefixModel)
     prefix_model = wrap(model) if fresh else model
     try:
-        check_fits(peft, prefix_model.layout.slots, str(path))
+        if prefix_model.injector.bidirectional or prefix_model.config.is_encoder_decoder:
+            raise PrefixTuneError(
+                f"{where} holds a past-tokens prefix (real tokens at positions P..P+n-1), which "
+                "prefixtune reproduces for decoder-only models only"
+            )
+        check_fits(peft, prefix_model.layout.slots, where)
         config = PrefixConfig(length=peft.length, reparam="flat", init="zero", positions="shifted")
         prefix = Prefix(config, prefix_model.layout, peft.length, 0)
         with torch.no_grad():
             prefix.reparam.prefix.copy_(prefix_model.layout.join(to_pairs(peft)))
         prefix.requires_grad_(trainable)
-        if name is None:
-            name = DEFAULT_NAME if not prefix_model.prefixes else Path(path).name
         prefix_model.insert(name, prefix.to(prefix_model.device))
     except Exception:
         if fresh:  # leave the user's model as it was handed in
             prefix_model.unload()
         raise
     return prefix_model
+
+
+def _default_name(model: nn.Module, path: str | Path) -> str:
+    """ "default" on a fresh model, else the source's name."""
+    from prefixtune.model import DEFAULT_NAME, PrefixModel
+
+    return Path(path).name if isinstance(model, PrefixModel) and model.prefixes else DEFAULT_NAME
 
 
 # -- writing ------------------------------------------------------------------------------------------
