@@ -8,7 +8,7 @@ import torch
 
 from prefixtune.data import Example, group_references
 from prefixtune.train.encode import SEPARATOR, left_padded_prompts
-from prefixtune.train.seq2seq import generate_pairs, is_seq2seq, recipe_for
+from prefixtune.train.seq2seq import generate_pairs, is_seq2seq, options_for_rows, recipe_for
 
 
 @torch.no_grad()
@@ -34,21 +34,13 @@ def generate_texts(
         prefix: which prefix of a PrefixModel (default: its default prefix).
         bare: run a PrefixModel without any prefix (the frozen base model alone).
     """
+    options: dict = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "do_sample": do_sample}
+    if do_sample:
+        options.update(temperature=temperature, top_p=top_p)
+    if bare or prefix is not None:
+        options["prefix"] = [None] if bare else prefix  # [None]: no prefix on any row (see options_for_rows)
     if is_seq2seq(model):  # the source goes to the encoder: see train/seq2seq.py
-        return generate_pairs(
-            model,
-            tokenizer,
-            sources,
-            prefix=prefix,
-            bare=bare,
-            batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
-            num_beams=num_beams,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_p=top_p,
-            max_source_tokens=max_source_tokens,
-        )
+        return generate_pairs(model, tokenizer, sources, options, batch_size, max_source_tokens)
     was_training = model.training
     model.eval()
     outputs: list[str] = []
@@ -56,11 +48,8 @@ def generate_texts(
     for start in range(0, len(order), batch_size):
         chunk = [sources[i] for i in order[start : start + batch_size]]
         inputs = left_padded_prompts(tokenizer, chunk, max_source_tokens)
-        options = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "do_sample": do_sample}
-        if do_sample:
-            options.update(temperature=temperature, top_p=top_p)
-        kwargs = {"prefix": [None] * len(chunk)} if bare else {} if prefix is None else {"prefix": prefix}
-        generated = model.generate(**inputs, **options, pad_token_id=_pad_id(tokenizer), **kwargs)
+        rows_options = options_for_rows(options, len(chunk))
+        generated = model.generate(**inputs, **rows_options, pad_token_id=_pad_id(tokenizer))
         new_tokens = generated[:, inputs["input_ids"].shape[1] :]
         outputs += [_clean(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     model.train(was_training)

@@ -104,21 +104,9 @@ def pair_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]
 
 @torch.no_grad()
 def generate_pairs(
-    model,
-    tokenizer,
-    sources: list[str],
-    *,
-    prefix=None,
-    bare: bool = False,
-    batch_size: int = 8,
-    max_new_tokens: int = 80,
-    num_beams: int = 1,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    max_source_tokens: int = 128,
+    model, tokenizer, sources: list[str], options: dict[str, Any], batch_size: int, max_source_tokens: int
 ) -> list[str]:
-    """Decode a target for each source; the same options as `evaluate.generate_texts`."""
+    """Decode a target for each source with `generate` options built by `evaluate.generate_texts`."""
     was_training = model.training
     model.eval()
     pad = _pad_id(tokenizer)
@@ -130,19 +118,11 @@ def generate_pairs(
             Pair(list(tokenizer(sources[i].strip())["input_ids"])[:max_source_tokens], [pad]) for i in rows
         ]
         batch = collate_pairs(items, pad)
-        options: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "num_beams": num_beams,
-            "do_sample": do_sample,
-        }
-        if do_sample:
-            options.update(temperature=temperature, top_p=top_p)
-        if bare:
-            options["prefix"] = [None] * len(rows)
-        elif prefix is not None:
-            options["prefix"] = prefix
         generated = model.generate(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pad_token_id=pad, **options
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pad_token_id=pad,
+            **options_for_rows(options, len(rows)),
         )
         texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
         for index, text in zip(rows, texts, strict=True):
@@ -173,6 +153,13 @@ def recipe_for(model) -> Recipe:
     from prefixtune.train.loss import target_loss
 
     return Recipe(encode_examples, collate, target_loss, lambda b: int((b["labels"][:, 1:] != IGNORE).sum()))
+
+
+def options_for_rows(options: dict[str, Any], rows: int) -> dict[str, Any]:
+    """`options` for a batch of `rows`: a bare run (`prefix=[None]`) names no prefix on every row."""
+    if options.get("prefix") == [None]:
+        return {**options, "prefix": [None] * rows}
+    return options
 
 
 def _pad_id(tokenizer) -> int:
