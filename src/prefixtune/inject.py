@@ -52,39 +52,55 @@ class PrefixBatch:
     which is how `generate` expands its inputs.
     """
 
-    keys: list[torch.Tensor]
-    """Per slot, (B or 1, H_kv, P, D)."""
-    values: list[torch.Tensor]
-    """Per slot, (B or 1, H_kv, P, D)."""
+    keys: list[torch.Tensor | None]
+    """Per slot, (B or 1, H_kv, P, D); None where no row's prefix covers the slot (it runs bare)."""
+    values: list[torch.Tensor | None]
+    """Per slot, (B or 1, H_kv, P, D), None like `keys`."""
     visible: torch.Tensor | None = None
     """(B, P) bool: which prefix columns each row may attend to; None: all of them."""
     position_offsets: torch.Tensor | None = None
     """(B,) long: how far each row's real tokens are shifted (`positions="shifted"`); None: no shift."""
+    slot_visible: dict[int, torch.Tensor] = field(default_factory=dict)
+    """Slot index -> (B, P) bool, replacing `visible` in that slot: a row whose prefix skips the slot
+    (`PrefixConfig.layers`) gets zero columns there, masked out, while other rows see theirs."""
     _expanded: dict[int, PrefixBatch] = field(default_factory=dict, repr=False)
 
     @property
     def rows(self) -> int:
-        return self.keys[0].shape[0] if self.visible is None else self.visible.shape[0]
+        return self._any_key.shape[0] if self.visible is None else self.visible.shape[0]
 
     @property
     def length(self) -> int:
-        return self.keys[0].shape[2]
+        return self._any_key.shape[2]
+
+    @property
+    def _any_key(self) -> torch.Tensor:
+        return next(k for k in self.keys if k is not None)
+
+    def slot(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+        """Slot `index`'s (keys, values, visible) as described above, or None if it runs bare."""
+        if self.keys[index] is None:
+            return None
+        return self.keys[index], self.values[index], self.slot_visible.get(index, self.visible)  # type: ignore[return-value]
 
     def for_rows(self, rows: int) -> PrefixBatch:
         """This batch as seen by `rows` query rows (a multiple of the stored rows)."""
-        if (self.keys[0].shape[0] == 1 and self.visible is None) or rows == self.rows:
+        if (self._any_key.shape[0] == 1 and self.visible is None) or rows == self.rows:
             return self
         if rows % self.rows:
             raise RuntimeError(f"prefix batch of {self.rows} rows cannot serve {rows} query rows")
         if rows not in self._expanded:
             repeat = rows // self.rows
+
+            def expand(tensor: torch.Tensor | None) -> torch.Tensor | None:
+                return None if tensor is None else tensor.repeat_interleave(repeat, dim=0)
+
             self._expanded[rows] = PrefixBatch(
-                keys=[k.repeat_interleave(repeat, dim=0) for k in self.keys],
-                values=[v.repeat_interleave(repeat, dim=0) for v in self.values],
-                visible=None if self.visible is None else self.visible.repeat_interleave(repeat, dim=0),
-                position_offsets=None
-                if self.position_offsets is None
-                else self.position_offsets.repeat_interleave(repeat, dim=0),
+                keys=[expand(k) for k in self.keys],
+                values=[expand(v) for v in self.values],
+                visible=expand(self.visible),
+                position_offsets=expand(self.position_offsets),
+                slot_visible={i: expand(v) for i, v in self.slot_visible.items()},  # type: ignore[misc]
             )
         return self._expanded[rows]
 
@@ -98,7 +114,11 @@ class Injector:
     """Set before each forward (and kept until the next one, so that gradient checkpointing
     recomputes the same forward during backward)."""
     recording: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
-    """When a dict, each slot stores the real keys/values it computed (text initialisation)."""
+    """When a dict, each slot stores the real keys/values it computed (text initialisation, and an
+    embedding prompt's run through the base)."""
+    record_graph: bool = False
+    """Keep the recorded keys/values in the autograd graph (an embedding prompt trains through them);
+    False: detached (initialisation)."""
     modules: list[nn.Module] = field(default_factory=list, repr=False)
     bidirectional: bool = False
     """True when no slot is causal (an encoder such as BERT, whose attention modules say
@@ -133,15 +153,18 @@ def prefix_attention(
         return _unbound(module, query, key, value, attention_mask, **kwargs)
     injector = binding.injector
     if injector.recording is not None:
-        injector.recording[binding.index] = (key.detach(), value.detach())
+        kept = (key, value) if injector.record_graph else (key.detach(), value.detach())
+        injector.recording[binding.index] = kept
     causal = kwargs.get("is_causal", getattr(module, "is_causal", True))
     batch = injector.current
-    if batch is not None:
-        batch = batch.for_rows(query.shape[0])
-        prefix_key = batch.keys[binding.index].to(key.dtype).expand(query.shape[0], -1, -1, -1)
-        prefix_value = batch.values[binding.index].to(value.dtype).expand(query.shape[0], -1, -1, -1)
-        attention_mask = extend_mask(attention_mask, batch.visible, query, key, batch.length, causal)
-        kwargs = _extend_position_bias(kwargs, key.shape[2], batch.length)
+    slot = None if batch is None else batch.for_rows(query.shape[0]).slot(binding.index)
+    if slot is not None:  # None: no row's prefix covers this layer, which runs bare
+        prefix_key, prefix_value, visible = slot
+        length = prefix_key.shape[2]
+        prefix_key = prefix_key.to(key.dtype).expand(query.shape[0], -1, -1, -1)
+        prefix_value = prefix_value.to(value.dtype).expand(query.shape[0], -1, -1, -1)
+        attention_mask = extend_mask(attention_mask, visible, query, key, length, causal)
+        kwargs = _extend_position_bias(kwargs, key.shape[2], length)
         key = torch.cat([prefix_key, key], dim=2)  # (B, H_kv, P + K, D)
         value = torch.cat([prefix_value, value], dim=2)  # (B, H_kv, P + K, D)
     if binding.eager:

@@ -7,12 +7,14 @@ The base model is never subclassed or copied; it is switched to the `prefixtune`
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from prefixtune import prompt
 from prefixtune.config import PrefixConfig
 from prefixtune.errors import PrefixTuneError
 from prefixtune.initialise import initial_target, resolve_length
@@ -55,24 +57,33 @@ class PrefixModel(nn.Module):
                 f"a prefix named {name!r} already exists; remove it first or pick another name"
             )
         _check_positions(config, self.base)
+        if config.kind == "embedding":  # before any work: the model may not take a prompt at all
+            prompt.check_supported(self.base, self.injector)
         length = resolve_length(config, tokenizer)
         rng = torch.random.fork_rng() if config.seed is not None else contextlib.nullcontext()
         with rng:
             if config.seed is not None:
                 torch.manual_seed(config.seed)
             prefix = Prefix(config, self.layout, length, self.base.get_input_embeddings().embedding_dim)
-        target = initial_target(config, length, self.base, self.injector, self.layout, tokenizer)
+        target = initial_target(config, prefix, self.base, self.injector, tokenizer)
         prefix.set_initial(target, zero=config.init == "zero")
         return self.insert(name, prefix.to(self.device))
 
     def insert(self, name: str, prefix: Prefix) -> Prefix:
         """Put an existing `Prefix` (e.g. loaded from disk) into the bank."""
-        if prefix.layout.slots != self.layout.slots:
+        if prefix.slots[-1] >= len(self.layout.slots) or prefix.layout.slots != [
+            self.layout.slots[i] for i in prefix.slots
+        ]:
             raise PrefixTuneError(f"prefix {name!r} was built for other attention layers than this model's")
         if prefix.config.positions == "shifted" and self.injector.bidirectional:
             raise PrefixTuneError(
                 f"prefix {name!r} has positions='shifted', which only a causal decoder can honour; "
                 "an encoder's prefix takes no positions: use positions='keep'"
+            )
+        if prefix.prompt:  # an unfolded embedding prompt computes its keys/values through this base
+            prompt.check_supported(self.base, self.injector)
+            prefix.encoder = functools.partial(
+                prompt.encode_prompt, self.base, self.injector, prefix.slots, prefix.layout
             )
         self.prefixes[name] = prefix
         if self.default_prefix is None:
@@ -127,33 +138,54 @@ class PrefixModel(nn.Module):
             return None
         if len(used) == 1 and None not in names:  # every row shares one prefix: broadcast, no copies
             only = self.prefixes[used[0]]
-            pairs = only.slot_tensors()
+            pairs = dict(zip(only.slots, only.slot_tensors(), strict=True))
+            keys = [pairs[i][0][None] if i in pairs else None for i in range(len(self.layout.slots))]
+            values = [pairs[i][1][None] if i in pairs else None for i in range(len(self.layout.slots))]
             offsets = None
             if only.config.positions == "shifted":
                 offsets = torch.full((rows,), only.length, dtype=torch.long, device=self.device)
-            return PrefixBatch([k[None] for k, _ in pairs], [v[None] for _, v in pairs], None, offsets)
+            return PrefixBatch(keys, values, None, offsets)
         return self._mixed_batch(names, used)
 
     def _mixed_batch(self, names: list[str | None], used: list[str]) -> PrefixBatch:
-        """Rows with different prefixes (or none): pad to the longest, mask each row's unused columns."""
-        longest = max(self.prefixes[n].length for n in used)
+        """Rows with different prefixes (or none): pad to the longest, mask each row's unused columns.
+
+        A slot that some used prefix skips (`PrefixConfig.layers`) gets zero columns for that
+        prefix's rows and a visibility of its own that masks them; a slot none covers runs bare.
+        """
+        prefixes = [self.prefixes[n] for n in used]
+        longest = max(p.length for p in prefixes)
         table = {n: i for i, n in enumerate(used)}
         row_index = torch.tensor([table.get(n, len(used)) for n in names], device=self.device)  # (B,)
-        per_prefix = [self.prefixes[n].slot_tensors() for n in used]
-        keys, values = [], []
-        for slot in range(len(self.layout.slots)):
-            for which, out in ((0, keys), (1, values)):
-                stack = [_pad(p[slot][which], longest) for p in per_prefix]
-                stack.append(torch.zeros_like(stack[0]))  # the "no prefix" entry, fully masked
-                out.append(torch.stack(stack).index_select(0, row_index))  # (B, H_kv, P_max, D)
-        lengths = torch.tensor([self.prefixes[n].length for n in used] + [0], device=self.device)
-        shifted = torch.tensor(
-            [self.prefixes[n].config.positions == "shifted" for n in used] + [False], device=self.device
-        )
+        per_prefix = [dict(zip(p.slots, p.slot_tensors(), strict=True)) for p in prefixes]
+        lengths = torch.tensor([p.length for p in prefixes] + [0], device=self.device)  # (N+1,)
         visible = torch.arange(longest, device=self.device)[None, :] < lengths[:, None]  # (N+1, P_max)
+        keys: list[torch.Tensor | None] = []
+        values: list[torch.Tensor | None] = []
+        slot_visible = {}
+        for slot in range(len(self.layout.slots)):
+            pairs = [own.get(slot) for own in per_prefix]
+            covers = [pair is not None for pair in pairs]
+            if not any(covers):
+                keys.append(None)
+                values.append(None)
+                continue
+            for which, out in ((0, keys), (1, values)):
+                first = next(pair for pair in pairs if pair is not None)[which]  # (H_kv, P, D)
+                zeros = first.new_zeros(first.shape[0], longest, first.shape[2])  # no prefix, or skipped
+                stack = [zeros if pair is None else _pad(pair[which], longest) for pair in pairs]
+                out.append(torch.stack([*stack, zeros]).index_select(0, row_index))  # (B, H_kv, P_max, D)
+            if not all(covers):
+                here = torch.tensor([*covers, False], device=self.device)  # (N+1,)
+                slot_visible[slot] = (visible & here[:, None]).index_select(0, row_index)  # (B, P_max)
+        shifted = torch.tensor([p.config.positions == "shifted" for p in prefixes] + [False], device=self.device)
         offsets = torch.where(shifted, lengths, 0).index_select(0, row_index)
         return PrefixBatch(
-            keys, values, visible.index_select(0, row_index), offsets if offsets.any() else None
+            keys,
+            values,
+            visible.index_select(0, row_index),
+            offsets if offsets.any() else None,
+            slot_visible,
         )
 
     def _row_names(self, prefix: RowPrefixes, rows: int) -> list[str | None]:

@@ -218,6 +218,7 @@ def export_peft(
     if name not in model.prefixes:
         raise PrefixTuneError(f"no prefix named {name!r}; this model holds {sorted(model.prefixes)}")
     prefix = model.prefixes[name]
+    _check_all_layers(prefix.config.layers)
     with torch.no_grad():
         pairs = [(k.detach().float().cpu(), v.detach().float().cpu()) for k, v in prefix.slot_tensors()]
     base = fingerprint(model)
@@ -244,6 +245,7 @@ def export_peft_folder(
 
     source = Path(source)
     meta = read_meta(source)
+    _check_all_layers(meta["config"].get("layers"))
     slots = [SlotSpec(**s) for s in meta["slots"]]
     try:
         tensors = load_file(str(source / TENSORS_FILE))
@@ -305,6 +307,21 @@ def write_peft_prefix(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _check_all_layers(layers) -> None:
+    """PEFT gives every layer the prefix: a prefix on some layers only has no PEFT counterpart (zero
+    keys for the others would not be masked there, so the outputs would change).
+
+    An embedding prompt (`kind="embedding"`) exports fine: its stored keys/values were computed at
+    positions 0..P-1, which is exactly where PEFT's past tokens sit, so PEFT reproduces it as a
+    prefix-tuning adapter.
+    """
+    if layers is not None:
+        raise PrefixTuneError(
+            f"this prefix covers attention layers {list(layers)} only, but a PEFT prefix-tuning adapter "
+            "has one for every layer; train without --layers to export it to PEFT"
+        )
 
 
 def _check_exportable(
