@@ -56,9 +56,9 @@ class PrefixModel(nn.Module):
             raise PrefixTuneError(
                 f"a prefix named {name!r} already exists; remove it first or pick another name"
             )
-        _check_positions(config, self.base)
         if config.kind == "embedding":  # before any work: the model may not take a prompt at all
             prompt.check_supported(self.base, self.injector)
+        _check_positions(config, self.base)
         length = resolve_length(config, tokenizer)
         rng = torch.random.fork_rng() if config.seed is not None else contextlib.nullcontext()
         with rng:
