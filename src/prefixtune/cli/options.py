@@ -12,6 +12,7 @@ import typing
 from typing import Any
 
 from prefixtune.config import parse_layers
+from prefixtune.errors import PrefixTuneError
 
 
 def attribute_docs(cls: type) -> dict[str, str]:
@@ -59,5 +60,13 @@ def _base_type(hint: Any) -> Any:
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     if typing.get_origin(hint) is tuple:
-        return parse_layers
+        return _layers_option
     return hint
+
+
+def _layers_option(text: str) -> tuple[int, ...]:
+    """`--layers 0,1,2`; a bad value is argparse's usage error (exit 2), with our message."""
+    try:
+        return parse_layers(text)
+    except PrefixTuneError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
