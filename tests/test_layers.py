@@ -77,7 +77,9 @@ def test_a_mixed_batch_gives_each_row_its_solo_result(family):
     # beam search expands the per-slot visibility with the rows
     out = model.generate(ids[:3], prefix=names[:3], max_new_tokens=3, num_beams=2, do_sample=False)
     for row, name in enumerate(names[:3]):
-        solo = model.generate(ids[row : row + 1], prefix=[name], max_new_tokens=3, num_beams=2, do_sample=False)
+        solo = model.generate(
+            ids[row : row + 1], prefix=[name], max_new_tokens=3, num_beams=2, do_sample=False
+        )
         assert out[row].tolist() == solo[0].tolist()
 
 

@@ -48,7 +48,9 @@ def test_gradients_reach_the_prompt_as_through_the_bare_model(family):
     ours = model.prefixes["default"].reparam.prefix.grad
     prompt = model.prefixes["default"].reparam.prefix.detach().clone().requires_grad_(True)
     logits = _reference(family, prompt, ids)
-    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)
+    )
     loss.backward()
     assert ours.abs().sum() > 0
     torch.testing.assert_close(ours, prompt.grad, rtol=1e-4, atol=1e-6)
@@ -70,7 +72,9 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 def test_text_init_equals_the_words_themselves(tokenizer):
     model = add_prefix(
-        make_model("llama"), PrefixConfig(kind="embedding", init="text", init_text="w5 w6 w7"), tokenizer=tokenizer
+        make_model("llama"),
+        PrefixConfig(kind="embedding", init="text", init_text="w5 w6 w7"),
+        tokenizer=tokenizer,
     )
     words = torch.tensor([tokenizer("w5 w6 w7", add_special_tokens=False)["input_ids"]])
     ids = random_ids(2, 6)

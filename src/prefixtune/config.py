@@ -122,7 +122,9 @@ def _check_layers(config: PrefixConfig) -> None:
     if not isinstance(layers, list | tuple) or not all(
         isinstance(i, int) and not isinstance(i, bool) for i in layers
     ):
-        raise PrefixTuneError(f"layers must be a list of layer indices such as [0, 1] or [-2, -1], got {layers!r}")
+        raise PrefixTuneError(
+            f"layers must be a list of layer indices such as [0, 1] or [-2, -1], got {layers!r}"
+        )
     if not layers:
         raise PrefixTuneError("layers is empty: name at least one layer, or None for every layer")
     if len(set(layers)) != len(layers):

@@ -178,7 +178,9 @@ class PrefixModel(nn.Module):
             if not all(covers):
                 here = torch.tensor([*covers, False], device=self.device)  # (N+1,)
                 slot_visible[slot] = (visible & here[:, None]).index_select(0, row_index)  # (B, P_max)
-        shifted = torch.tensor([p.config.positions == "shifted" for p in prefixes] + [False], device=self.device)
+        shifted = torch.tensor(
+            [p.config.positions == "shifted" for p in prefixes] + [False], device=self.device
+        )
         offsets = torch.where(shifted, lengths, 0).index_select(0, row_index)
         return PrefixBatch(
             keys,

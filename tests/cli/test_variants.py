@@ -53,6 +53,7 @@ def test_a_sweep_over_kinds_trains_each_variant_on_the_chosen_layers(tmp_path, c
     assert main(argv) == 0
     runs = {r["run"]: r for r in json.loads((tmp_path / "out" / "results.json").read_text())["runs"]}
     assert sorted(runs) == [f"kind={k},layers={n}" for k in ("embedding", "prefix") for n in ("-1", "None")]
+
     # tiny LLaMA: one layer's (key, value) x 2 KV heads x head size 16 = 64 columns, embeddings 64 wide;
     # P' (2 x 64) and an MLP 64 -> 16 -> its output width are trained
     def mlp(width: int) -> int:
@@ -67,7 +68,11 @@ def test_a_sweep_over_kinds_trains_each_variant_on_the_chosen_layers(tmp_path, c
     }
     prefix = tmp_path / "out" / "runs" / "kind=embedding,layers=-1" / "prefix"
     loaded = load_prefix(make_model("llama"), prefix).prefixes["default"]
-    assert (loaded.config.kind, loaded.config.layers, loaded.config.positions) == ("embedding", (1,), "shifted")
+    assert (loaded.config.kind, loaded.config.layers, loaded.config.positions) == (
+        "embedding",
+        (1,),
+        "shifted",
+    )
     capsys.readouterr()
     assert main(["info", str(prefix)]) == 0
     out = capsys.readouterr().out
