@@ -10,8 +10,7 @@ from prefixtune.errors import PrefixTuneError
 
 INITS = ("random", "zero", "text")
 POSITIONS = ("keep", "shifted")
-KINDS = ("prefix", "embedding")
-"""`infix` (issue 4) is not implemented: see `_check_kind`."""
+KINDS = ("prefix", "embedding", "infix")
 DEFAULT_LENGTH = 10
 
 
@@ -45,7 +44,9 @@ class PrefixConfig:
     kind: str = "prefix"
     """Which variant: `prefix` (trainable keys/values in every attention layer, the paper's method) or
     `embedding` (prompt tuning, Lester et al. 2021, the paper's embedding-only ablation: P trainable
-    input embeddings before the real tokens of a decoder-only model; see `prefixtune.prompt`)."""
+    input embeddings before the real tokens of a decoder-only model; see `prefixtune.prompt`) or
+    `infix` (the paper's `[x; INFIX; y]` ablation for decoders: keys/values like a prefix, seen only
+    by the queries from `infix_at` on, the source's last token and the target; see `PrefixModel.forward`)."""
 
     layers: tuple[int, ...] | None = None
     """The attention layers that get the prefix (slot indices in call order, which is the layer index
@@ -60,7 +61,7 @@ class PrefixConfig:
 
         _check_choice("reparam", self.reparam, tuple(REPARAMS))
         _check_choice("init", self.init, INITS)
-        _check_kind(self.kind)
+        _check_choice("kind", self.kind, KINDS)
         if self.positions is None:  # frozen: the resolved value is set once, here
             object.__setattr__(self, "positions", "shifted" if self.kind == "embedding" else "keep")
         _check_choice("positions", self.positions, POSITIONS)
@@ -68,6 +69,11 @@ class PrefixConfig:
             raise PrefixTuneError(
                 'kind="embedding" puts its prompt at positions 0..P-1, so the real tokens must follow at '
                 'P..P+n-1: use positions="shifted" (or leave positions unset)'
+            )
+        if self.kind == "infix" and self.positions != "keep":
+            raise PrefixTuneError(
+                'kind="infix" takes no positions (the target continues right after the source): '
+                'use positions="keep" (or leave positions unset)'
             )
         if self.layers is not None:
             _check_layers(self)
@@ -101,14 +107,6 @@ def parse_layers(text: str) -> tuple[int, ...]:
         raise PrefixTuneError(
             f"layers {text!r}: give comma-separated layer indices, e.g. 0,1,2 or =-2,-1"
         ) from None
-
-
-def _check_kind(kind: str) -> None:
-    if kind == "infix":
-        raise PrefixTuneError(
-            'kind="infix" ([x; INFIX; y]) is not supported yet; use kind="prefix" or kind="embedding"'
-        )
-    _check_choice("kind", kind, KINDS)
 
 
 def _check_layers(config: PrefixConfig) -> None:

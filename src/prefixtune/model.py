@@ -56,8 +56,7 @@ class PrefixModel(nn.Module):
             raise PrefixTuneError(
                 f"a prefix named {name!r} already exists; remove it first or pick another name"
             )
-        if config.kind == "embedding":  # before any work: the model may not take a prompt at all
-            prompt.check_supported(self.base, self.injector)
+        _check_kind(config.kind, self.base, self.injector)  # before any work
         _check_positions(config, self.base)
         length = resolve_length(config, tokenizer)
         rng = torch.random.fork_rng() if config.seed is not None else contextlib.nullcontext()
@@ -80,8 +79,8 @@ class PrefixModel(nn.Module):
                 f"prefix {name!r} has positions='shifted', which only a causal decoder can honour; "
                 "an encoder's prefix takes no positions: use positions='keep'"
             )
+        _check_kind(prefix.config.kind, self.base, self.injector)
         if prefix.prompt:  # an unfolded embedding prompt computes its keys/values through this base
-            prompt.check_supported(self.base, self.injector)
             prefix.encoder = functools.partial(
                 prompt.encode_prompt, self.base, self.injector, prefix.slots, prefix.layout
             )
@@ -106,36 +105,84 @@ class PrefixModel(nn.Module):
         return self.base.config
 
     # -- running ----------------------------------------------------------------------------------
-    def forward(self, input_ids=None, attention_mask=None, prefix: RowPrefixes = None, labels=None, **kwargs):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        prefix: RowPrefixes = None,
+        labels=None,
+        infix_at: torch.Tensor | None = None,
+        **kwargs,
+    ):
         """The base model's forward, with each row seeing the prefix `prefix` names for it.
 
         `labels` is named (not left to **kwargs) so that Hugging Face's Trainer finds it and reports
-        an evaluation loss.
+        an evaluation loss. `infix_at` (B,) long is needed when a row's prefix is an infix: the first
+        column (of the padded input) whose query sees it, normally the source's last token, which
+        predicts the target's first (`train.loss` derives it from the labels).
         """
         rows = _rows(input_ids, kwargs.get("inputs_embeds"))
-        self.injector.current = self.prefix_batch(prefix, rows)
+        self.injector.current = self.prefix_batch(prefix, rows, infix_at)
         if labels is not None:
             kwargs["labels"] = labels
         return self.base(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     @torch.no_grad()
-    def generate(self, input_ids=None, attention_mask=None, prefix: RowPrefixes = None, **kwargs):
-        """`generate` of the base model; the prefixes are materialised once for the whole call."""
+    def generate(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        prefix: RowPrefixes = None,
+        infix_at: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        """`generate` of the base model; the prefixes are materialised once for the whole call.
+
+        An infix is seen from the prompt's last column on (`infix_at` by default), so that every
+        new token is predicted with it and no prompt token's keys/values change.
+        """
         rows = _rows(input_ids, kwargs.get("inputs_embeds"))
-        batch = self.prefix_batch(prefix, rows)
+        if infix_at is None:
+            width = (input_ids if input_ids is not None else kwargs["inputs_embeds"]).shape[1]
+            infix_at = torch.full((rows,), width - 1, dtype=torch.long, device=self.device)
+        batch = self.prefix_batch(prefix, rows, infix_at)
         self._hook.check_generation_length(batch, input_ids, kwargs)
         self.injector.current = batch
         return self.base.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
-    def prefix_batch(self, prefix: RowPrefixes, rows: int) -> PrefixBatch | None:
+    def prefix_batch(
+        self, prefix: RowPrefixes, rows: int, infix_at: torch.Tensor | None = None
+    ) -> PrefixBatch | None:
         """Materialise each named prefix once and lay them out per row.
 
+        Args:
+            infix_at: (B,) long, where the rows whose prefix is an infix start to see it (see `forward`).
         Returns None when no row has a prefix (the bare model runs).
         """
         names = self._row_names(prefix, rows)
         used = list(dict.fromkeys(n for n in names if n is not None))
         if not used:
             return None
+        batch = self._shared_or_mixed(names, used, rows)
+        batch.seen_from = self._seen_from(names, infix_at)
+        return batch
+
+    def _seen_from(self, names: list[str | None], infix_at: torch.Tensor | None) -> torch.Tensor | None:
+        """`PrefixBatch.seen_from`: `infix_at` for an infix's rows, 0 (every query) for the others."""
+        infix = torch.tensor(
+            [n is not None and self.prefixes[n].config.kind == "infix" for n in names], device=self.device
+        )
+        if not infix.any():
+            return None
+        if infix_at is None:
+            raise PrefixTuneError(
+                "an infix prefix needs infix_at=: per row, the first column whose query sees it "
+                "(the source's last token)"
+            )
+        infix_at = torch.as_tensor(infix_at, device=self.device).long().expand(len(names))  # (B,)
+        return torch.where(infix, infix_at, 0)
+
+    def _shared_or_mixed(self, names: list[str | None], used: list[str], rows: int) -> PrefixBatch:
         if len(used) == 1 and None not in names:  # every row shares one prefix: broadcast, no copies
             only = self.prefixes[used[0]]
             pairs = dict(zip(only.slots, only.slot_tensors(), strict=True))
@@ -279,6 +326,17 @@ class PrefixModel(nn.Module):
         self._hook_handle.remove()
         detach(self.base, self.injector)
         return self.base
+
+
+def _check_kind(kind: str, base: nn.Module, injector: Injector) -> None:
+    """An infix is defined for one causal stream `[x; INFIX; y]`; an embedding prompt, see `prompt`."""
+    if kind == "embedding":
+        prompt.check_supported(base, injector)
+    if kind == "infix" and (getattr(base.config, "is_encoder_decoder", False) or injector.bidirectional):
+        raise PrefixTuneError(
+            f'kind="infix" ([x; INFIX; y] in one causal stream) needs a decoder-only model, not '
+            f'{type(base).__name__}; use kind="prefix"'
+        )
 
 
 def _check_positions(config: PrefixConfig, base: nn.Module) -> None:
