@@ -225,6 +225,8 @@ def run_info(args: argparse.Namespace) -> int:
 def _kind_text(kind: str) -> str:
     if kind == "embedding":
         return "embedding (prompt tuning; stored as the keys/values the prompt gives every layer)"
+    if kind == "infix":
+        return "infix ([x; INFIX; y]: seen from the source's last token on)"
     return kind
 
 
