@@ -48,11 +48,11 @@ def test_a_sweep_over_kinds_trains_each_variant_on_the_chosen_layers(tmp_path, c
         "sweep", "--train", str(train_csv), "--dev", str(dev_csv), "--base", str(base),
         "--output", str(tmp_path / "out"), "--steps", "3", "--eval-every", "3", "--init", "random",
         "--length", "2", "--mlp-hidden", "16", "--max-new-tokens", "2", "--quiet",
-        "--grid", "kind=prefix,embedding", "--grid", "layers=none|-1",
+        "--grid", "kind=prefix,embedding,infix", "--grid", "layers=none|-1",
     ]  # fmt: skip
     assert main(argv) == 0
     runs = {r["run"]: r for r in json.loads((tmp_path / "out" / "results.json").read_text())["runs"]}
-    assert sorted(runs) == [f"kind={k},layers={n}" for k in ("embedding", "prefix") for n in ("-1", "None")]
+    assert sorted(runs) == [f"kind={k},layers={n}" for k in ("embedding", "infix", "prefix") for n in ("-1", "None")]
 
     # tiny LLaMA: one layer's (key, value) x 2 KV heads x head size 16 = 64 columns, embeddings 64 wide;
     # P' (2 x 64) and an MLP 64 -> 16 -> its output width are trained
@@ -65,6 +65,8 @@ def test_a_sweep_over_kinds_trains_each_variant_on_the_chosen_layers(tmp_path, c
         "kind=prefix,layers=-1": mlp(64),
         "kind=embedding,layers=None": mlp(64),  # the prompt embeddings' width, whatever the layers
         "kind=embedding,layers=-1": mlp(64),
+        "kind=infix,layers=None": mlp(2 * 64),  # an infix is shaped like a prefix
+        "kind=infix,layers=-1": mlp(64),
     }
     prefix = tmp_path / "out" / "runs" / "kind=embedding,layers=-1" / "prefix"
     loaded = load_prefix(make_model("llama"), prefix).prefixes["default"]
