@@ -11,7 +11,9 @@ from synthetic import word_tokenizer, write_task
 from prefixtune import load_prefix
 from prefixtune.cli import build_parser, main
 from prefixtune.cli.options import dataclass_from_args
-from prefixtune.sweep import parse_axes
+from prefixtune.sweep import aggregate, parse_axes
+from prefixtune.sweep.grid import Point
+from prefixtune.sweep.run import summarise
 from prefixtune.train.config import TrainConfig
 
 
@@ -52,7 +54,8 @@ def test_a_sweep_over_kinds_trains_each_variant_on_the_chosen_layers(tmp_path, c
     ]  # fmt: skip
     assert main(argv) == 0
     runs = {r["run"]: r for r in json.loads((tmp_path / "out" / "results.json").read_text())["runs"]}
-    assert sorted(runs) == [f"kind={k},layers={n}" for k in ("embedding", "infix", "prefix") for n in ("-1", "None")]
+    kinds = ("embedding", "infix", "prefix")
+    assert sorted(runs) == [f"kind={k},layers={n}" for k in kinds for n in ("-1", "None")]
 
     # tiny LLaMA: one layer's (key, value) x 2 KV heads x head size 16 = 64 columns, embeddings 64 wide;
     # P' (2 x 64) and an MLP 64 -> 16 -> its output width are trained
@@ -80,3 +83,11 @@ def test_a_sweep_over_kinds_trains_each_variant_on_the_chosen_layers(tmp_path, c
     out = capsys.readouterr().out
     assert "embedding (prompt tuning" in out and "1 of 2" in out
     assert f"{2 * 64:,} values" in out  # only the covered layer is stored
+
+
+def test_a_new_row_groups_with_kept_rows_read_back_from_json(tmp_path):
+    point = Point({"layers": (0, 1), "seed": 0}, TrainConfig(train="t.csv", layers=(0, 1)))
+    row = summarise(point, tmp_path, steps=0, trainable=0, seconds=0.0)
+    assert row["layers"] == [0, 1]
+    kept = json.loads(json.dumps({**row, "seed": 1}))  # a finished run's row.json
+    assert [r["runs"] for r in aggregate([row, kept], ["layers", "seed"])] == [2]
