@@ -153,3 +153,28 @@ def test_bad_layers_are_refused_with_the_valid_range():
         PrefixConfig(layers=["0"])
     assert PrefixConfig(layers=[1, 0]).layers == (1, 0)  # JSON's list becomes a tuple
     assert _model("gemma3", layers=[-1, 0]).prefixes["default"].config.layers == (0, 2)
+
+
+@pytest.mark.parametrize("family", ["bert", "deberta"])
+def test_encoders_take_prefixes_on_some_layers_in_mixed_padded_batches(family):
+    # DeBERTa goes through its own hooks (`prefixtune.disentangled`), BERT through the attention function
+    from encoders import make_encoder, right_pad
+    from test_disentangled import _deberta
+
+    def fresh():
+        return _deberta("v3") if family == "deberta" else make_encoder("bert")
+
+    model = add_prefix(fresh(), PrefixConfig(length=3, reparam="flat", seed=0, layers=[-1]))
+    model.add("full", PrefixConfig(length=2, reparam="flat", seed=1))
+    seqs = [random_ids(1, n, seed=n)[0] for n in (6, 4, 5)]
+    ids, mask = right_pad(seqs, 0)
+    rows = ["default", "full", None]
+    batched = model(ids, attention_mask=mask, prefix=rows).last_hidden_state
+    for i, seq in enumerate(seqs):
+        alone = model(seq[None], prefix=[rows[i]]).last_hidden_state
+        torch.testing.assert_close(batched[i, : len(seq)], alone[0], rtol=0, atol=1e-5)
+    ours = model(seqs[0][None], output_hidden_states=True).hidden_states
+    with torch.no_grad():
+        bare = fresh()(seqs[0][None], output_hidden_states=True).hidden_states
+    torch.testing.assert_close(ours[1], bare[1], rtol=0, atol=0)  # layer 0 runs bare
+    assert (ours[2] - bare[2]).abs().max() > 1e-2

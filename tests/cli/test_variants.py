@@ -14,6 +14,7 @@ from prefixtune.cli.options import dataclass_from_args
 from prefixtune.sweep import aggregate, parse_axes
 from prefixtune.sweep.grid import Point
 from prefixtune.sweep.run import summarise
+from prefixtune.train.classify_config import ClassifyConfig
 from prefixtune.train.config import TrainConfig
 
 
@@ -25,6 +26,7 @@ def test_kind_and_layers_options_build_the_prefix_config():
     assert (prefix.kind, prefix.layers, prefix.positions) == ("embedding", (-2, -1), "shifted")
     assert TrainConfig(train="t.csv", layers=[0, 1]).layers == (0, 1)  # as read back from run.json
     assert TrainConfig(train="t.csv").prefix_config().positions == "keep"
+    assert ClassifyConfig(train="t.csv", layers=[-1]).prefix_config().layers == (-1,)  # P-Tuning v2 depth
 
 
 def test_bad_layers_and_kinds_are_usage_errors(capsys):
