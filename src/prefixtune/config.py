@@ -10,7 +10,7 @@ from prefixtune.errors import PrefixTuneError
 
 INITS = ("random", "zero", "text")
 POSITIONS = ("keep", "shifted")
-KINDS = ("prefix",)
+KINDS = ("prefix", "embedding", "infix")
 DEFAULT_LENGTH = 10
 
 
@@ -35,13 +35,23 @@ class PrefixConfig:
     init_text: str | None = None
     """Real words to initialise from when `init="text"`, e.g. "table-to-text:"."""
 
-    positions: str = "keep"
+    positions: str | None = None
     """`keep`: real tokens keep positions 0..n-1, exactly as without a prefix (prefixtune's default).
     `shifted`: real tokens sit at P..P+n-1, as if the prefix were P past tokens (as in PEFT and the
-    paper's code)."""
+    paper's code). None: `shifted` for `kind="embedding"` (its prompt occupies positions 0..P-1),
+    else `keep`."""
 
     kind: str = "prefix"
-    """Which variant: `prefix` puts the prefix in every attention layer (the paper's method)."""
+    """Which variant: `prefix` (trainable keys/values in every attention layer, the paper's method) or
+    `embedding` (prompt tuning, Lester et al. 2021, the paper's embedding-only ablation: P trainable
+    input embeddings before the real tokens of a decoder-only model; see `prefixtune.prompt`) or
+    `infix` (the paper's `[x; INFIX; y]` ablation for decoders: keys/values like a prefix, seen only
+    by the queries from `infix_at` on, the source's last token and the target; see `PrefixModel.forward`)."""
+
+    layers: tuple[int, ...] | None = None
+    """The attention layers that get the prefix (slot indices in call order, which is the layer index
+    for decoder-only models and encoders; -1 is the last); None: every layer. The others run bare,
+    and the prefix holds no parameters for them (P-Tuning v2's depth ablation)."""
 
     seed: int | None = None
     """Seed for the random parts of the initialisation; None uses torch's current generator."""
@@ -51,8 +61,22 @@ class PrefixConfig:
 
         _check_choice("reparam", self.reparam, tuple(REPARAMS))
         _check_choice("init", self.init, INITS)
-        _check_choice("positions", self.positions, POSITIONS)
         _check_choice("kind", self.kind, KINDS)
+        if self.positions is None:  # frozen: the resolved value is set once, here
+            object.__setattr__(self, "positions", "shifted" if self.kind == "embedding" else "keep")
+        _check_choice("positions", self.positions, POSITIONS)
+        if self.kind == "embedding" and self.positions != "shifted":
+            raise PrefixTuneError(
+                'kind="embedding" puts its prompt at positions 0..P-1, so the real tokens must follow at '
+                'P..P+n-1: use positions="shifted" (or leave positions unset)'
+            )
+        if self.kind == "infix" and self.positions != "keep":
+            raise PrefixTuneError(
+                'kind="infix" takes no positions (the target continues right after the source): '
+                'use positions="keep" (or leave positions unset)'
+            )
+        if self.layers is not None:
+            _check_layers(self)
         if self.length is not None and self.length < 1:
             raise PrefixTuneError(f"prefix length must be at least 1, got {self.length}")
         if self.mlp_hidden < 1:
@@ -73,6 +97,37 @@ class PrefixConfig:
 
     def replace(self, **changes: Any) -> PrefixConfig:
         return dataclasses.replace(self, **changes)
+
+
+def parse_layers(text: str) -> tuple[int, ...]:
+    """`"0,1,2"` or `"-2,-1"` (command line, sweep grids) -> a tuple of layer indices."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise PrefixTuneError(
+            f"layers {text!r}: give comma-separated layer indices, e.g. 0,1,2 or =-2,-1"
+        ) from None
+
+
+def _check_layers(config: PrefixConfig) -> None:
+    """`layers` as a tuple of distinct ints (JSON and the command line give lists or one int).
+
+    Negative indices stay as given here: only the model knows how many layers it has, so they are
+    normalised when the prefix is built (`prefix.select_slots`)."""
+    layers = config.layers
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        layers = (layers,)
+    if not isinstance(layers, list | tuple) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in layers
+    ):
+        raise PrefixTuneError(
+            f"layers must be a list of layer indices such as [0, 1] or [-2, -1], got {layers!r}"
+        )
+    if not layers:
+        raise PrefixTuneError("layers is empty: name at least one layer, or None for every layer")
+    if len(set(layers)) != len(layers):
+        raise PrefixTuneError(f"layers {list(layers)} names a layer twice")
+    object.__setattr__(config, "layers", tuple(layers))
 
 
 def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:

@@ -73,23 +73,25 @@ def _before(binding, state: dict, module: nn.Module, args: tuple, kwargs: dict):
     """Materialise this slot's prefix for the batch and widen the mask by its columns."""
     batch = binding.injector.current
     hidden = args[0] if args else kwargs["hidden_states"]
-    if batch is None:
+    rows, heads = hidden.shape[0], module.num_attention_heads
+    slot = None if batch is None else batch.for_rows(rows).slot(binding.index)
+    if slot is None:  # no prefix in this batch, or none covers this layer
         state["prefix"] = None
         return None
-    rows, heads = hidden.shape[0], module.num_attention_heads
-    batch = batch.for_rows(rows)
+    keys, values, visible = slot
+    length = keys.shape[2]
     flat = []
-    for tensor in (batch.keys[binding.index], batch.values[binding.index]):
+    for tensor in (keys, values):
         tensor = tensor.to(hidden.dtype).expand(rows, heads, -1, -1)  # (B, H, P, D)
-        flat.append(tensor.transpose(1, 2).reshape(rows, batch.length, -1))  # (B, P, H*D)
+        flat.append(tensor.transpose(1, 2).reshape(rows, length, -1))  # (B, P, H*D)
     state["prefix"] = tuple(flat)
     in_args = len(args) > 1
     mask = (args[1] if in_args else kwargs["attention_mask"]).bool()  # (B, 1, N, N)
-    if batch.visible is None:
-        columns = torch.ones(1, 1, 1, batch.length, dtype=torch.bool, device=mask.device)
+    if visible is None:
+        columns = torch.ones(1, 1, 1, length, dtype=torch.bool, device=mask.device)
     else:
-        columns = batch.visible[:, None, None, :].to(mask.device)  # (B, 1, 1, P)
-    columns = columns.expand(mask.shape[0], 1, mask.shape[2], batch.length)
+        columns = visible[:, None, None, :].to(mask.device)  # (B, 1, 1, P)
+    columns = columns.expand(mask.shape[0], 1, mask.shape[2], length)
     mask = torch.cat([columns, mask], dim=-1)  # (B, 1, N, P + N)
     if in_args:
         return (args[0], mask, *args[2:]), kwargs

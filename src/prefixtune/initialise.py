@@ -13,6 +13,7 @@ from prefixtune.config import DEFAULT_LENGTH, PrefixConfig
 from prefixtune.errors import PrefixTuneError
 from prefixtune.inject import Injector
 from prefixtune.layout import SlotLayout
+from prefixtune.prefix import Prefix
 
 
 def text_token_ids(config: PrefixConfig, tokenizer) -> list[int]:
@@ -38,9 +39,17 @@ def resolve_length(config: PrefixConfig, tokenizer) -> int:
 
 @torch.no_grad()
 def record_keys_values(
-    base: nn.Module, injector: Injector, layout: SlotLayout, input_ids: torch.Tensor
+    base: nn.Module,
+    injector: Injector,
+    layout: SlotLayout,
+    input_ids: torch.Tensor,
+    slots: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
-    """Run the frozen model on `input_ids` (1, n) with no prefix; return its keys/values as (n, W)."""
+    """Run the frozen model on `input_ids` (1, n) with no prefix; return its keys/values as (n, W).
+
+    Args:
+        layout: the layout of `slots` (model slot indices, default all of them).
+    """
     saved, injector.current, injector.recording = injector.current, None, {}
     try:
         inputs = {"input_ids": input_ids.to(_device(base))}
@@ -52,25 +61,34 @@ def record_keys_values(
         recorded = injector.recording
     finally:
         injector.current, injector.recording = saved, None
-    pairs = [(recorded[i][0][0].float(), recorded[i][1][0].float()) for i in range(len(layout.slots))]
+    slots = range(len(layout.slots)) if slots is None else slots
+    pairs = [(recorded[i][0][0].float(), recorded[i][1][0].float()) for i in slots]
     return layout.join(pairs)  # (n, W)
 
 
 def initial_target(
-    config: PrefixConfig, length: int, base: nn.Module, injector: Injector, layout: SlotLayout, tokenizer
+    config: PrefixConfig, prefix: Prefix, base: nn.Module, injector: Injector, tokenizer
 ) -> torch.Tensor | None:
-    """The (P, W) matrix the prefix should start as, or None to keep the reparametrisation's own init."""
+    """The matrix `prefix`'s reparametrisation should start as: (P, W) keys/values, or (P, d) input
+    embeddings for an embedding prompt; None keeps the reparametrisation's own init."""
+    from prefixtune.prompt import initial_prompt
+
+    length, layout = prefix.length, prefix.layout
     generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
+    if prefix.prompt:
+        ids = text_token_ids(config, tokenizer) if config.init == "text" else None
+        return initial_prompt(config.init, length, base, ids, generator)
     if config.init == "text":
         ids = text_token_ids(config, tokenizer)
         # A prefix longer than the text repeats its tokens; a shorter one keeps the first tokens.
         ids = (ids * (length // len(ids) + 1))[:length]
-        return record_keys_values(base, injector, layout, torch.tensor([ids]))
+        return record_keys_values(base, injector, layout, torch.tensor([ids]), prefix.slots)
     if config.init == "random" and config.reparam == "flat":
         # Li & Liang draw N(0, 1); real keys/values have model-specific scales, so draw each slot's
         # keys and values at the spread of the model's own (measured on a few ordinary tokens).
         vocab = base.get_input_embeddings().num_embeddings
-        sample = record_keys_values(base, injector, layout, torch.arange(1, 9).clamp(max=vocab - 1)[None])
+        ids = torch.arange(1, 9).clamp(max=vocab - 1)[None]
+        sample = record_keys_values(base, injector, layout, ids, prefix.slots)
         scale = _column_scales(sample, layout)  # (W,)
         return torch.randn(length, layout.width, generator=generator) * scale
     return None

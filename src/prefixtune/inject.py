@@ -52,39 +52,64 @@ class PrefixBatch:
     which is how `generate` expands its inputs.
     """
 
-    keys: list[torch.Tensor]
-    """Per slot, (B or 1, H_kv, P, D)."""
-    values: list[torch.Tensor]
-    """Per slot, (B or 1, H_kv, P, D)."""
+    keys: list[torch.Tensor | None]
+    """Per slot, (B or 1, H_kv, P, D); None where no row's prefix covers the slot (it runs bare)."""
+    values: list[torch.Tensor | None]
+    """Per slot, (B or 1, H_kv, P, D), None like `keys`."""
     visible: torch.Tensor | None = None
     """(B, P) bool: which prefix columns each row may attend to; None: all of them."""
     position_offsets: torch.Tensor | None = None
     """(B,) long: how far each row's real tokens are shifted (`positions="shifted"`); None: no shift."""
+    slot_visible: dict[int, torch.Tensor] = field(default_factory=dict)
+    """Slot index -> (B, P) bool, replacing `visible` in that slot: a row whose prefix skips the slot
+    (`PrefixConfig.layers`) gets zero columns there, masked out, while other rows see theirs."""
+    seen_from: torch.Tensor | None = None
+    """(B,) long: the first stream index (a column of the padded input, counting the cache) whose
+    query sees the row's prefix columns: an infix's `infix_at`, 0 for a prefix. None: every query."""
     _expanded: dict[int, PrefixBatch] = field(default_factory=dict, repr=False)
 
     @property
     def rows(self) -> int:
-        return self.keys[0].shape[0] if self.visible is None else self.visible.shape[0]
+        for per_row in (self.visible, self.seen_from):
+            if per_row is not None:
+                return per_row.shape[0]
+        return self._any_key.shape[0]
 
     @property
     def length(self) -> int:
-        return self.keys[0].shape[2]
+        return self._any_key.shape[2]
+
+    @property
+    def _any_key(self) -> torch.Tensor:
+        return next(k for k in self.keys if k is not None)
+
+    def slot(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+        """Slot `index`'s (keys, values, visible) as described above, or None if it runs bare."""
+        if self.keys[index] is None:
+            return None
+        return self.keys[index], self.values[index], self.slot_visible.get(index, self.visible)  # type: ignore[return-value]
 
     def for_rows(self, rows: int) -> PrefixBatch:
         """This batch as seen by `rows` query rows (a multiple of the stored rows)."""
-        if (self.keys[0].shape[0] == 1 and self.visible is None) or rows == self.rows:
+        if rows == self.rows or (self.rows == 1 and self.visible is None and self.seen_from is None):
             return self
         if rows % self.rows:
             raise RuntimeError(f"prefix batch of {self.rows} rows cannot serve {rows} query rows")
         if rows not in self._expanded:
             repeat = rows // self.rows
+
+            def expand(tensor: torch.Tensor | None) -> torch.Tensor | None:
+                if tensor is None or tensor.shape[0] == 1:  # shared by every row: broadcast
+                    return tensor
+                return tensor.repeat_interleave(repeat, dim=0)
+
             self._expanded[rows] = PrefixBatch(
-                keys=[k.repeat_interleave(repeat, dim=0) for k in self.keys],
-                values=[v.repeat_interleave(repeat, dim=0) for v in self.values],
-                visible=None if self.visible is None else self.visible.repeat_interleave(repeat, dim=0),
-                position_offsets=None
-                if self.position_offsets is None
-                else self.position_offsets.repeat_interleave(repeat, dim=0),
+                keys=[expand(k) for k in self.keys],
+                values=[expand(v) for v in self.values],
+                visible=expand(self.visible),
+                position_offsets=expand(self.position_offsets),
+                slot_visible={i: expand(v) for i, v in self.slot_visible.items()},  # type: ignore[misc]
+                seen_from=expand(self.seen_from),
             )
         return self._expanded[rows]
 
@@ -98,8 +123,15 @@ class Injector:
     """Set before each forward (and kept until the next one, so that gradient checkpointing
     recomputes the same forward during backward)."""
     recording: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
-    """When a dict, each slot stores the real keys/values it computed (text initialisation)."""
+    """When a dict, each slot stores the real keys/values it computed (text initialisation, and an
+    embedding prompt's run through the base)."""
+    record_graph: bool = False
+    """Keep the recorded keys/values in the autograd graph (an embedding prompt trains through them);
+    False: detached (initialisation)."""
     modules: list[nn.Module] = field(default_factory=list, repr=False)
+    query_start: int = 0
+    """Stream index of the current forward's first query: the tokens already in the KV cache (set by
+    `positions.PositionHook` before each forward; it decides what an infix's rows see)."""
     bidirectional: bool = False
     """True when no slot is causal (an encoder such as BERT, whose attention modules say
     `is_causal = False`): the model's own position ids are then left alone, as the prefix takes none."""
@@ -133,15 +165,20 @@ def prefix_attention(
         return _unbound(module, query, key, value, attention_mask, **kwargs)
     injector = binding.injector
     if injector.recording is not None:
-        injector.recording[binding.index] = (key.detach(), value.detach())
+        kept = (key, value) if injector.record_graph else (key.detach(), value.detach())
+        injector.recording[binding.index] = kept
     causal = kwargs.get("is_causal", getattr(module, "is_causal", True))
     batch = injector.current
-    if batch is not None:
-        batch = batch.for_rows(query.shape[0])
-        prefix_key = batch.keys[binding.index].to(key.dtype).expand(query.shape[0], -1, -1, -1)
-        prefix_value = batch.values[binding.index].to(value.dtype).expand(query.shape[0], -1, -1, -1)
-        attention_mask = extend_mask(attention_mask, batch.visible, query, key, batch.length, causal)
-        kwargs = _extend_position_bias(kwargs, key.shape[2], batch.length)
+    batch = None if batch is None else batch.for_rows(query.shape[0])
+    slot = None if batch is None else batch.slot(binding.index)
+    if slot is not None:  # None: no row's prefix covers this layer, which runs bare
+        prefix_key, prefix_value, visible = slot
+        length = prefix_key.shape[2]
+        prefix_key = prefix_key.to(key.dtype).expand(query.shape[0], -1, -1, -1)
+        prefix_value = prefix_value.to(value.dtype).expand(query.shape[0], -1, -1, -1)
+        sees = _queries_seeing(batch.seen_from, injector.query_start, query)  # type: ignore[union-attr]
+        attention_mask = extend_mask(attention_mask, visible, query, key, length, causal, sees)
+        kwargs = _extend_position_bias(kwargs, key.shape[2], length)
         key = torch.cat([prefix_key, key], dim=2)  # (B, H_kv, P + K, D)
         value = torch.cat([prefix_value, value], dim=2)  # (B, H_kv, P + K, D)
     if binding.eager:
@@ -156,12 +193,14 @@ def extend_mask(
     key: torch.Tensor,
     prefix_len: int,
     causal: bool,
+    sees: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Prepend `prefix_len` columns to the mask: every query sees the prefix its row may see.
 
     Args:
         mask: None, bool or additive float, broadcastable to (B, 1, Q, K).
         visible: (B, P) bool, or None when every prefix column is visible to every row.
+        sees: (B, Q) bool, which queries see their row's prefix at all (an infix); None: all.
     Returns: a mask of the same kind, (B or 1, 1 or H, Q, P + K).
     """
     q_len, k_len = query.shape[2], key.shape[2]
@@ -172,6 +211,8 @@ def extend_mask(
         prefix_cols = torch.ones(1, 1, 1, prefix_len, dtype=torch.bool, device=query.device)
     else:
         prefix_cols = visible[:, None, None, :].to(query.device)  # (B, 1, 1, P)
+    if sees is not None:
+        prefix_cols = prefix_cols & sees[:, None, :, None]  # (B, 1, Q, P)
     if mask.dtype != torch.bool:  # additive float mask: 0 where visible, the dtype's minimum elsewhere
         prefix_cols = torch.zeros((), dtype=mask.dtype, device=mask.device).masked_fill(
             ~prefix_cols, torch.finfo(mask.dtype).min
@@ -180,6 +221,18 @@ def extend_mask(
     mask = mask.expand(rows, -1, q_len, -1)
     prefix_cols = prefix_cols.expand(rows, mask.shape[1], q_len, prefix_len)
     return torch.cat([prefix_cols, mask], dim=-1)
+
+
+def _queries_seeing(seen_from: torch.Tensor | None, start: int, query: torch.Tensor) -> torch.Tensor | None:
+    """(B, Q) bool: whether each query, at stream index `start + i`, is past its row's `seen_from`.
+
+    The stream index comes from the cache's length, not from the keys' count: a static cache's keys
+    include its empty slots.
+    """
+    if seen_from is None:
+        return None
+    stream = torch.arange(start, start + query.shape[2], device=query.device)  # (Q,)
+    return stream[None, :] >= seen_from[:, None].to(query.device)  # (B, Q)
 
 
 def _extend_position_bias(kwargs: dict, k_len: int, prefix_len: int) -> dict:

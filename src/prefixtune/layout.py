@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from prefixtune.errors import PrefixTuneError
+
 
 @dataclass(frozen=True)
 class SlotSpec:
@@ -59,6 +61,10 @@ class SlotLayout:
             out.append((kv[:, 0].transpose(0, 1), kv[:, 1].transpose(0, 1)))  # (H_kv, P, D) each
         return out
 
+    def select(self, indices: tuple[int, ...]) -> SlotLayout:
+        """The layout of only the slots at `indices` (a prefix on a subset of layers)."""
+        return SlotLayout([self.slots[i] for i in indices])
+
     @property
     def kinds(self) -> list[str]:
         """The slot kinds present, in order of first appearance."""
@@ -77,3 +83,22 @@ class SlotLayout:
             kv = torch.stack([key.transpose(0, 1), value.transpose(0, 1)], dim=1)  # (P, 2, H_kv, D)
             cols.append(kv.reshape(kv.shape[0], -1))
         return torch.cat(cols, dim=1)
+
+
+def select_slots(layers: tuple[int, ...] | None, count: int) -> tuple[int, ...]:
+    """`PrefixConfig.layers` as sorted non-negative slot indices of a model with `count` slots.
+
+    Negative indices count from the end (-1: the last slot), as in Python.
+    """
+    if layers is None:
+        return tuple(range(count))
+    bad = [i for i in layers if not -count <= i < count]
+    if bad:
+        raise PrefixTuneError(
+            f"layers {list(layers)}: {bad} out of range; this model has {count} attention layers, "
+            f"so use indices 0..{count - 1} (or -{count}..-1 from the end)"
+        )
+    normalised = sorted(i % count for i in layers)
+    if len(set(normalised)) != len(normalised):
+        raise PrefixTuneError(f"layers {list(layers)} names the same layer twice (counting from the end)")
+    return tuple(normalised)

@@ -7,12 +7,14 @@ The base model is never subclassed or copied; it is switched to the `prefixtune`
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from prefixtune import prompt
 from prefixtune.config import PrefixConfig
 from prefixtune.errors import PrefixTuneError
 from prefixtune.initialise import initial_target, resolve_length
@@ -54,6 +56,7 @@ class PrefixModel(nn.Module):
             raise PrefixTuneError(
                 f"a prefix named {name!r} already exists; remove it first or pick another name"
             )
+        _check_kind(config.kind, self.base, self.injector)  # before any work
         _check_positions(config, self.base)
         length = resolve_length(config, tokenizer)
         rng = torch.random.fork_rng() if config.seed is not None else contextlib.nullcontext()
@@ -61,18 +64,25 @@ class PrefixModel(nn.Module):
             if config.seed is not None:
                 torch.manual_seed(config.seed)
             prefix = Prefix(config, self.layout, length, self.base.get_input_embeddings().embedding_dim)
-        target = initial_target(config, length, self.base, self.injector, self.layout, tokenizer)
+        target = initial_target(config, prefix, self.base, self.injector, tokenizer)
         prefix.set_initial(target, zero=config.init == "zero")
         return self.insert(name, prefix.to(self.device))
 
     def insert(self, name: str, prefix: Prefix) -> Prefix:
         """Put an existing `Prefix` (e.g. loaded from disk) into the bank."""
-        if prefix.layout.slots != self.layout.slots:
+        if prefix.slots[-1] >= len(self.layout.slots) or prefix.layout.slots != [
+            self.layout.slots[i] for i in prefix.slots
+        ]:
             raise PrefixTuneError(f"prefix {name!r} was built for other attention layers than this model's")
         if prefix.config.positions == "shifted" and self.injector.bidirectional:
             raise PrefixTuneError(
                 f"prefix {name!r} has positions='shifted', which only a causal decoder can honour; "
                 "an encoder's prefix takes no positions: use positions='keep'"
+            )
+        _check_kind(prefix.config.kind, self.base, self.injector)
+        if prefix.prompt:  # an unfolded embedding prompt computes its keys/values through this base
+            prefix.encoder = functools.partial(
+                prompt.encode_prompt, self.base, self.injector, prefix.slots, prefix.layout
             )
         self.prefixes[name] = prefix
         if self.default_prefix is None:
@@ -122,9 +132,11 @@ class PrefixModel(nn.Module):
         """
         return self._body_forward
 
-    def _body_forward(self, input_ids=None, attention_mask=None, prefix: RowPrefixes = None, **kwargs):
+    def _body_forward(
+        self, input_ids=None, attention_mask=None, prefix: RowPrefixes = None, infix_at=None, **kwargs
+    ):
         rows = _rows(input_ids, kwargs.get("inputs_embeds"))
-        self.injector.current = self.prefix_batch(prefix, rows)
+        self.injector.current = self.prefix_batch(prefix, rows, infix_at)
         kwargs.update(input_ids=input_ids, attention_mask=attention_mask)
         # The position hook sits on the whole base model, which this path does not call: run it here
         # so the body gets the position ids the whole model's forward would give it.
@@ -133,65 +145,136 @@ class PrefixModel(nn.Module):
         return body(**(changed[1] if changed is not None else kwargs))
 
     # -- running ----------------------------------------------------------------------------------
-    def forward(self, input_ids=None, attention_mask=None, prefix: RowPrefixes = None, labels=None, **kwargs):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        prefix: RowPrefixes = None,
+        labels=None,
+        infix_at: torch.Tensor | None = None,
+        **kwargs,
+    ):
         """The base model's forward, with each row seeing the prefix `prefix` names for it.
 
         `labels` is named (not left to **kwargs) so that Hugging Face's Trainer finds it and reports
-        an evaluation loss.
+        an evaluation loss. `infix_at` (B,) long is needed when a row's prefix is an infix: the first
+        column (of the padded input) whose query sees it, normally the source's last token, which
+        predicts the target's first (`train.loss` derives it from the labels).
         """
         rows = _rows(input_ids, kwargs.get("inputs_embeds"))
-        self.injector.current = self.prefix_batch(prefix, rows)
+        self.injector.current = self.prefix_batch(prefix, rows, infix_at)
         if labels is not None:
             kwargs["labels"] = labels
         return self.base(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     @torch.no_grad()
-    def generate(self, input_ids=None, attention_mask=None, prefix: RowPrefixes = None, **kwargs):
-        """`generate` of the base model; the prefixes are materialised once for the whole call."""
+    def generate(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        prefix: RowPrefixes = None,
+        infix_at: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        """`generate` of the base model; the prefixes are materialised once for the whole call.
+
+        An infix is seen from the prompt's last column on (`infix_at` by default), so that every
+        new token is predicted with it and no prompt token's keys/values change.
+        """
         rows = _rows(input_ids, kwargs.get("inputs_embeds"))
-        batch = self.prefix_batch(prefix, rows)
+        if infix_at is None:
+            width = (input_ids if input_ids is not None else kwargs["inputs_embeds"]).shape[1]
+            infix_at = torch.full((rows,), width - 1, dtype=torch.long, device=self.device)
+        batch = self.prefix_batch(prefix, rows, infix_at)
         self._hook.check_generation_length(batch, input_ids, kwargs)
         self.injector.current = batch
         return self.base.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
-    def prefix_batch(self, prefix: RowPrefixes, rows: int) -> PrefixBatch | None:
+    def prefix_batch(
+        self, prefix: RowPrefixes, rows: int, infix_at: torch.Tensor | None = None
+    ) -> PrefixBatch | None:
         """Materialise each named prefix once and lay them out per row.
 
+        Args:
+            infix_at: (B,) long, where the rows whose prefix is an infix start to see it (see `forward`).
         Returns None when no row has a prefix (the bare model runs).
         """
         names = self._row_names(prefix, rows)
         used = list(dict.fromkeys(n for n in names if n is not None))
         if not used:
             return None
+        batch = self._shared_or_mixed(names, used, rows)
+        batch.seen_from = self._seen_from(names, infix_at)
+        return batch
+
+    def _seen_from(self, names: list[str | None], infix_at: torch.Tensor | None) -> torch.Tensor | None:
+        """`PrefixBatch.seen_from`: `infix_at` for an infix's rows, 0 (every query) for the others."""
+        infix = torch.tensor(
+            [n is not None and self.prefixes[n].config.kind == "infix" for n in names], device=self.device
+        )
+        if not infix.any():
+            return None
+        if infix_at is None:
+            raise PrefixTuneError(
+                "an infix prefix needs infix_at=: per row, the first column whose query sees it "
+                "(the source's last token)"
+            )
+        infix_at = torch.as_tensor(infix_at, device=self.device).long().expand(len(names))  # (B,)
+        return torch.where(infix, infix_at, 0)
+
+    def _shared_or_mixed(self, names: list[str | None], used: list[str], rows: int) -> PrefixBatch:
         if len(used) == 1 and None not in names:  # every row shares one prefix: broadcast, no copies
             only = self.prefixes[used[0]]
-            pairs = only.slot_tensors()
+            pairs = dict(zip(only.slots, only.slot_tensors(), strict=True))
+            keys = [pairs[i][0][None] if i in pairs else None for i in range(len(self.layout.slots))]
+            values = [pairs[i][1][None] if i in pairs else None for i in range(len(self.layout.slots))]
             offsets = None
             if only.config.positions == "shifted":
                 offsets = torch.full((rows,), only.length, dtype=torch.long, device=self.device)
-            return PrefixBatch([k[None] for k, _ in pairs], [v[None] for _, v in pairs], None, offsets)
+            return PrefixBatch(keys, values, None, offsets)
         return self._mixed_batch(names, used)
 
     def _mixed_batch(self, names: list[str | None], used: list[str]) -> PrefixBatch:
-        """Rows with different prefixes (or none): pad to the longest, mask each row's unused columns."""
-        longest = max(self.prefixes[n].length for n in used)
+        """Rows with different prefixes (or none): pad to the longest, mask each row's unused columns.
+
+        A slot that some used prefix skips (`PrefixConfig.layers`) gets zero columns for that
+        prefix's rows and a visibility of its own that masks them; a slot none covers runs bare.
+        """
+        prefixes = [self.prefixes[n] for n in used]
+        longest = max(p.length for p in prefixes)
         table = {n: i for i, n in enumerate(used)}
         row_index = torch.tensor([table.get(n, len(used)) for n in names], device=self.device)  # (B,)
-        per_prefix = [self.prefixes[n].slot_tensors() for n in used]
-        keys, values = [], []
-        for slot in range(len(self.layout.slots)):
-            for which, out in ((0, keys), (1, values)):
-                stack = [_pad(p[slot][which], longest) for p in per_prefix]
-                stack.append(torch.zeros_like(stack[0]))  # the "no prefix" entry, fully masked
-                out.append(torch.stack(stack).index_select(0, row_index))  # (B, H_kv, P_max, D)
-        lengths = torch.tensor([self.prefixes[n].length for n in used] + [0], device=self.device)
-        shifted = torch.tensor(
-            [self.prefixes[n].config.positions == "shifted" for n in used] + [False], device=self.device
-        )
+        per_prefix = [dict(zip(p.slots, p.slot_tensors(), strict=True)) for p in prefixes]
+        lengths = torch.tensor([p.length for p in prefixes] + [0], device=self.device)  # (N+1,)
         visible = torch.arange(longest, device=self.device)[None, :] < lengths[:, None]  # (N+1, P_max)
+        keys: list[torch.Tensor | None] = []
+        values: list[torch.Tensor | None] = []
+        slot_visible = {}
+        for slot in range(len(self.layout.slots)):
+            pairs = [own.get(slot) for own in per_prefix]
+            covers = [pair is not None for pair in pairs]
+            if not any(covers):
+                keys.append(None)
+                values.append(None)
+                continue
+            for which, out in ((0, keys), (1, values)):
+                first = next(pair for pair in pairs if pair is not None)[which]  # (H_kv, P, D)
+                zeros = first.new_zeros(first.shape[0], longest, first.shape[2])  # no prefix, or skipped
+                stack = [zeros if pair is None else _pad(pair[which], longest) for pair in pairs]
+                out.append(torch.stack([*stack, zeros]).index_select(0, row_index))  # (B, H_kv, P_max, D)
+            if not all(covers):
+                here = torch.tensor([*covers, False], device=self.device)  # (N+1,)
+                slot_visible[slot] = (visible & here[:, None]).index_select(0, row_index)  # (B, P_max)
+        shifted = torch.tensor(
+            [p.config.positions == "shifted" for p in prefixes] + [False], device=self.device
+        )
         offsets = torch.where(shifted, lengths, 0).index_select(0, row_index)
         return PrefixBatch(
-            keys, values, visible.index_select(0, row_index), offsets if offsets.any() else None
+            keys,
+            values,
+            visible.index_select(0, row_index),
+            offsets if offsets.any() else None,
+            slot_visible,
         )
 
     def _row_names(self, prefix: RowPrefixes, rows: int) -> list[str | None]:
@@ -301,6 +384,17 @@ def is_sharded(module: nn.Module) -> bool:
     except ImportError:
         return False
     return any(isinstance(p, DTensor) for p in module.parameters())
+
+
+def _check_kind(kind: str, base: nn.Module, injector: Injector) -> None:
+    """An infix is defined for one causal stream `[x; INFIX; y]`; an embedding prompt, see `prompt`."""
+    if kind == "embedding":
+        prompt.check_supported(base, injector)
+    if kind == "infix" and (getattr(base.config, "is_encoder_decoder", False) or injector.bidirectional):
+        raise PrefixTuneError(
+            f'kind="infix" ([x; INFIX; y] in one causal stream) needs a decoder-only model, not '
+            f'{type(base).__name__}; use kind="prefix"'
+        )
 
 
 def _check_positions(config: PrefixConfig, base: nn.Module) -> None:

@@ -27,6 +27,8 @@ class PositionHook:
 
     def __call__(self, module, args: tuple, kwargs: dict[str, Any]):
         batch = self.owner.injector.current
+        # where this forward's queries sit in the stream: what an infix (`PrefixBatch.seen_from`) needs
+        self.owner.injector.query_start = _past_length(kwargs)
         # No prefix here takes a position: encoder-decoder prefixes (`shifted` is refused in
         # model._check_positions) take no place in BART's position table, and an encoder's prefix is
         # seen by every query whatever the padding, while its own position ids (RoBERTa's start after

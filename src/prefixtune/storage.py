@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from prefixtune.config import PrefixConfig
 from prefixtune.errors import PrefixTuneError
 from prefixtune.heads import HEAD_FILE, save_head
-from prefixtune.layout import SlotSpec
+from prefixtune.layout import SlotSpec, select_slots
 from prefixtune.prefix import Prefix
 
 if TYPE_CHECKING:
@@ -43,10 +43,7 @@ def save_prefix(model: PrefixModel, name: str, path: Path, include_trainable: bo
     prefix = model.prefixes[name]
     with torch.no_grad():
         pairs = prefix.slot_tensors()
-    tensors = {}
-    for i, (key, value) in enumerate(pairs):
-        tensors[f"slots.{i}.key"] = key.detach().float().cpu().contiguous()
-        tensors[f"slots.{i}.value"] = value.detach().float().cpu().contiguous()
+    tensors = _slot_tensors(prefix.slots, pairs)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -60,7 +57,8 @@ def save_prefix(model: PrefixModel, name: str, path: Path, include_trainable: bo
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         save_file(tensors, staging / TENSORS_FILE, metadata={"format": FORMAT})
-        if include_trainable:
+        if include_trainable and not (prefix.config.kind == "embedding" and not prefix.prompt):
+            # (a folded prompt's flat state is its keys/values, already in TENSORS_FILE)
             state = {k: v.detach().float().cpu().contiguous() for k, v in prefix.reparam.state_dict().items()}
             save_file(state, staging / TRAINABLE_FILE, metadata={"reparam": prefix.config.reparam})
         save_head(model, staging)  # a classifier's trained head (P-Tuning v2); nothing otherwise
@@ -78,8 +76,10 @@ def read_prefix(model: PrefixModel, path: Path, trainable: bool, check_weights: 
     config = PrefixConfig.from_dict(meta["config"])
     length = int(meta["length"])
     tensors = _load_tensors(path / TENSORS_FILE)
+    slots = select_slots(config.layers, len(model.layout.slots))  # the layers this prefix covers
     pairs = []
-    for i, slot in enumerate(model.layout.slots):
+    for i in slots:
+        slot = model.layout.slots[i]
         expected = (slot.kv_heads, length, slot.head_dim)
         key, value = tensors.get(f"slots.{i}.key"), tensors.get(f"slots.{i}.value")
         if key is None or value is None or tuple(key.shape) != expected or tuple(value.shape) != expected:
@@ -93,9 +93,7 @@ def read_prefix(model: PrefixModel, path: Path, trainable: bool, check_weights: 
         except RuntimeError as err:
             raise PrefixTuneError(f"{state_file} does not match its config: {err}") from err
         return prefix
-    prefix = Prefix(config.replace(reparam="flat"), model.layout, length, 0)
-    with torch.no_grad():
-        prefix.reparam.prefix.copy_(model.layout.join(pairs))
+    prefix = Prefix.from_keys_values(config, model.layout, model.layout.select(slots).join(pairs))
     prefix.reparam.requires_grad_(trainable)
     return prefix
 
@@ -183,6 +181,16 @@ def fingerprint(model: PrefixModel) -> dict[str, Any]:
     }
 
 
+def _slot_tensors(slots: tuple[int, ...], pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    """The file's tensors: `slots.{i}.key`/`.value` (H_kv, P, D) fp32, named by the model's slot index
+    (a prefix on a subset of layers has entries for those only)."""
+    tensors = {}
+    for i, (key, value) in zip(slots, pairs, strict=True):
+        tensors[f"slots.{i}.key"] = key.detach().float().cpu().contiguous()
+        tensors[f"slots.{i}.value"] = value.detach().float().cpu().contiguous()
+    return tensors
+
+
 def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
     if not file.is_file():
         raise PrefixTuneError(f"{file} is missing")
@@ -224,7 +232,10 @@ def fold_folder(source: Path, target: Path) -> dict[str, Any]:
     layout = SlotLayout([SlotSpec(**s) for s in meta["slots"]])
     tensors = _load_tensors(source / TENSORS_FILE)
     state_file = source / TRAINABLE_FILE
-    if state_file.exists() and meta["config"].get("reparam") == "mlp":
+    # An embedding prompt's keys/values need the base model to recompute: TENSORS_FILE already holds
+    # them (computed when it was saved), so only its trainable state is dropped.
+    prompt = meta["config"].get("kind", "prefix") == "embedding"
+    if state_file.exists() and meta["config"].get("reparam") == "mlp" and not prompt:
         state = _load_tensors(state_file)
         # "embedding" for one MLP, "parts.<kind>.embedding" for one MLP per slot kind (encoder-decoder)
         first = next(k for k in state if k.endswith("embedding"))
@@ -234,11 +245,7 @@ def fold_folder(source: Path, target: Path) -> dict[str, Any]:
         prefix = Prefix(config, layout, length, embed_dim)
         prefix.reparam.load_state_dict(state)
         with torch.no_grad():
-            pairs = prefix.slot_tensors()
-        tensors = {}
-        for i, (key, value) in enumerate(pairs):
-            tensors[f"slots.{i}.key"] = key.contiguous()
-            tensors[f"slots.{i}.value"] = value.contiguous()
+            tensors = _slot_tensors(prefix.slots, prefix.slot_tensors())
     _check_target(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

@@ -15,6 +15,7 @@ from prefixtune.interop.peft import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     export_peft,
+    export_peft_folder,
     from_pairs,
     import_peft,
     read_peft_prefix,
@@ -70,6 +71,24 @@ def test_an_exported_prefix_loads_in_peft_with_our_outputs(tmp_path, family):
     assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [ADAPTER_CONFIG, ADAPTER_WEIGHTS]
     peft_model = PeftModel.from_pretrained(make_model(family), tmp_path / "adapter").eval()
     _assert_same_outputs(peft_model, ours)
+
+
+def test_an_embedding_prompt_exports_as_a_peft_prefix_with_our_outputs(tmp_path):
+    # its keys/values were computed at positions 0..P-1: where PEFT's past tokens sit
+    ours = add_prefix(make_model("llama"), PrefixConfig(length=3, kind="embedding", reparam="flat", seed=2))
+    export_peft(ours, tmp_path / "adapter")
+    peft_model = PeftModel.from_pretrained(make_model("llama"), tmp_path / "adapter").eval()
+    _assert_same_outputs(peft_model, ours)
+
+
+def test_a_prefix_on_some_layers_is_not_exported(tmp_path):
+    ours = add_prefix(make_model("llama"), PrefixConfig(length=3, positions="shifted", layers=[0]))
+    with pytest.raises(PrefixTuneError, match=r"layers \[0\] only.*without --layers"):
+        export_peft(ours, tmp_path / "adapter")
+    ours.save(tmp_path / "prefix")
+    with pytest.raises(PrefixTuneError, match="without --layers"):
+        export_peft_folder(tmp_path / "prefix", tmp_path / "adapter")
+    assert not (tmp_path / "adapter").exists()
 
 
 def test_the_keep_convention_would_fail_the_parity_test(tmp_path):

@@ -53,6 +53,30 @@ def test_rows_leaving_the_batch_early_leave_the_others_exact():
     assert model.injector.current is None  # nothing left behind for the next caller
 
 
+def _with_variants(model):
+    from prefixtune import PrefixConfig
+
+    model.add("infix", PrefixConfig(length=3, kind="infix", reparam="flat", seed=3))
+    model.add("prompt", PrefixConfig(length=2, kind="embedding", reparam="flat", seed=2, layers=[1]))
+    return model
+
+
+def test_infixes_prompts_and_layer_subsets_serve_like_prefixes():
+    model = _with_variants(tiny_bank())
+    engine = Engine(model, word_tokenizer())
+    prefixes, lengths = ["infix", "prompt", "a"], [6, 3, 4]
+    rows, _, _ = _rows(prefixes, lengths)
+    engine.run(rows)
+    reference = _with_variants(tiny_bank())
+    for row, prefix, length, prompt in zip(rows, prefixes, lengths, PROMPTS, strict=True):
+        assert row.tokens == _solo(reference, prefix, prompt, length)
+    # the infix row would differ had it seen the infix one column early (the row is left-padded)
+    early = reference.generate(
+        torch.tensor([PROMPTS[0]]), prefix=["infix"], max_new_tokens=6, infix_at=torch.tensor(1)
+    )
+    assert rows[0].tokens != early[0, 3:].tolist()
+
+
 def test_end_of_sequence_ends_a_row_without_showing_up_in_its_text():
     model = tiny_bank()
     greedy = _solo(tiny_bank(), "a", PROMPTS[0], 5)

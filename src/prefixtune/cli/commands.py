@@ -200,7 +200,9 @@ def run_info(args: argparse.Namespace) -> int:
         print(json.dumps(meta, indent=2))
         return 0
     config, base, slots = meta["config"], meta["base"], meta["slots"]
-    values = sum(2 * s["kv_heads"] * s["head_dim"] for s in slots) * meta["length"]
+    layers = config.get("layers")
+    covered = [slots[i] for i in layers] if layers is not None else slots
+    values = sum(2 * s["kv_heads"] * s["head_dim"] for s in covered) * meta["length"]
     heads = sorted({(s["kv_heads"], s["head_dim"]) for s in slots})
     trainable = (folder / TRAINABLE_FILE).exists()
     lines = [
@@ -208,6 +210,8 @@ def run_info(args: argparse.Namespace) -> int:
         ("base model", f"{base.get('architecture')} ({base.get('model_type')}), {base.get('name_or_path')}"),
         ("attention", f"{len(slots)} layers, " + ", ".join(f"{h} KV heads x {d}" for h, d in heads)),
         ("prefix", f"length {meta['length']}, trained as {config['reparam']}, positions {meta['positions']}"),
+        ("kind", _kind_text(config.get("kind", "prefix"))),
+        ("layers", "all" if layers is None else f"{', '.join(map(str, layers))} of {len(slots)}"),
         ("init", config["init"] + (f" from {config['init_text']!r}" if config.get("init_text") else "")),
         ("stored", f"{values:,} values ({values * 4 / 1024:.0f} KB in fp32)"),
         ("trainable state", "kept (prefixtune fold drops it)" if trainable else "none (folded)"),
@@ -216,6 +220,14 @@ def run_info(args: argparse.Namespace) -> int:
     for label, value in lines:
         print(f"{label:16s} {value}")
     return 0
+
+
+def _kind_text(kind: str) -> str:
+    if kind == "embedding":
+        return "embedding (prompt tuning; stored as the keys/values the prompt gives every layer)"
+    if kind == "infix":
+        return "infix ([x; INFIX; y]: seen from the source's last token on)"
+    return kind
 
 
 def _folder_size(folder: Path) -> int:

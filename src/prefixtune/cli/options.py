@@ -11,6 +11,9 @@ import types
 import typing
 from typing import Any
 
+from prefixtune.config import parse_layers
+from prefixtune.errors import PrefixTuneError
+
 
 def attribute_docs(cls: type) -> dict[str, str]:
     """The docstring written under each attribute of a dataclass (read from its source)."""
@@ -49,8 +52,21 @@ def explicit_options(cls: type, args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in names}
 
 
-def _base_type(hint: Any) -> type:
-    """`int | None` -> int; the option then parses that type (None stays the default)."""
+def _base_type(hint: Any) -> Any:
+    """`int | None` -> int; the option then parses that type (None stays the default).
+
+    `tuple[int, ...]` (`layers`) parses comma-separated integers: `--layers 0,1,2`.
+    """
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is tuple:
+        return _layers_option
     return hint
+
+
+def _layers_option(text: str) -> tuple[int, ...]:
+    """`--layers 0,1,2`; a bad value is argparse's usage error (exit 2), with our message."""
+    try:
+        return parse_layers(text)
+    except PrefixTuneError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None

@@ -238,6 +238,7 @@ def export_peft(
     if name not in model.prefixes:
         raise PrefixTuneError(f"no prefix named {name!r}; this model holds {sorted(model.prefixes)}")
     prefix = model.prefixes[name]
+    _check_exportable_kind(prefix.config.kind, prefix.config.layers)
     with torch.no_grad():
         pairs = [(k.detach().float().cpu(), v.detach().float().cpu()) for k, v in prefix.slot_tensors()]
     base = fingerprint(model)
@@ -264,6 +265,7 @@ def export_peft_folder(
 
     source = Path(source)
     meta = read_meta(source)
+    _check_exportable_kind(meta["config"].get("kind", "prefix"), meta["config"].get("layers"))
     slots = [SlotSpec(**s) for s in meta["slots"]]
     try:
         tensors = load_file(str(source / TENSORS_FILE))
@@ -325,6 +327,26 @@ def write_peft_prefix(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _check_exportable_kind(kind: str, layers) -> None:
+    """PEFT gives every layer the prefix, seen by every token: a prefix on some layers only has no
+    PEFT counterpart (zero keys for the others would not be masked there), nor has an infix.
+
+    An embedding prompt (`kind="embedding"`) exports fine: its stored keys/values were computed at
+    positions 0..P-1, which is exactly where PEFT's past tokens sit, so PEFT reproduces it as a
+    prefix-tuning adapter.
+    """
+    if kind == "infix":
+        raise PrefixTuneError(
+            "an infix is seen only by the target's tokens, which a PEFT prefix-tuning adapter cannot "
+            "express; only prefixes and embedding prompts export to PEFT"
+        )
+    if layers is not None:
+        raise PrefixTuneError(
+            f"this prefix covers attention layers {list(layers)} only, but a PEFT prefix-tuning adapter "
+            "has one for every layer; train without --layers to export it to PEFT"
+        )
 
 
 def _check_exportable(

@@ -79,7 +79,9 @@ class Engine:
         device = self.model.device
         ids, mask = left_pad([r.prompt for r in rows], self.pad_id, device)  # (B, T), (B, T)
         live, cache = list(rows), None
-        self.model.injector.current = self.model.prefix_batch([r.prefix for r in live], len(live))
+        # an infix is seen from the prompts' last column on (the cache keeps the column numbers)
+        infix_at = torch.tensor(ids.shape[1] - 1, device=device)
+        self.model.injector.current = self.model.prefix_batch([r.prefix for r in live], len(live), infix_at)
         while live:
             # Positions counted from each row's first real token, given explicitly: left to itself the
             # model numbers a padded row from its first pad, and once no row of the batch has a prefix
@@ -105,7 +107,9 @@ class Engine:
                 cache.batch_select_indices(index)
                 mask = mask.index_select(0, index)
                 live = [live[i] for i in keep]
-                self.model.injector.current = self.model.prefix_batch([r.prefix for r in live], len(live))
+                self.model.injector.current = self.model.prefix_batch(
+                    [r.prefix for r in live], len(live), infix_at
+                )
             ids = torch.tensor([[row.tokens[-1]] for row in live], device=device)  # (B, 1)
             mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)  # (B, T + 1)
         self.model.injector.current = None

@@ -14,6 +14,7 @@ import types
 import typing
 from typing import Any
 
+from prefixtune.config import parse_layers
 from prefixtune.errors import PrefixTuneError
 from prefixtune.train.config import TrainConfig
 
@@ -77,6 +78,8 @@ def _parse(name: str, hint: Any, text: str) -> Any:
         hint = next(a for a in args if a is not type(None))
     if optional and text.lower() == "none":
         return None
+    if typing.get_origin(hint) is tuple:  # `layers`: --grid "layers=0|0,1|none" (split on |)
+        return parse_layers(text)
     try:
         return hint(text)
     except ValueError:
@@ -84,6 +87,8 @@ def _parse(name: str, hint: Any, text: str) -> Any:
 
 
 def _short(value: Any) -> str:
+    if isinstance(value, tuple):  # layers=(0, 1) -> "0+1"
+        return "+".join(map(str, value))
     if isinstance(value, str) and "/" in value:  # a file path: its name says enough
         value = value.rstrip("/").rsplit("/", 1)[-1]
     return str(value)

@@ -71,7 +71,8 @@ def summarise(point: Point, folder: Path, steps: int, trainable: int, seconds: f
     window = losses[-max(1, int(len(losses) * LOSS_WINDOW)) :]
     row: dict[str, Any] = {
         "run": point.name,
-        **point.values,
+        # as JSON gives them back (layers: a list), so that kept and new rows group alike
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in point.values.items()},
         "steps": steps,
         "train_loss": statistics.fmean(window) if window else None,
         "train_loss_std": statistics.pstdev(window) if len(window) > 1 else 0.0,

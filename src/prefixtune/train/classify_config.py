@@ -39,6 +39,9 @@ class ClassifyConfig:
     """Hidden width of the MLP reparametrisation."""
     init: str = "random"
     """Prefix initialisation: random (at the scale of the model's own keys/values) or zero."""
+    layers: tuple[int, ...] | None = None
+    """Only these encoder layers get the prefix, e.g. --layers 0,1,2 or --layers=-2,-1 (P-Tuning v2's
+    depth ablation); default: every layer."""
     steps: int = 1000
     """Optimizer steps."""
     batch_size: int = 32
@@ -70,6 +73,8 @@ class ClassifyConfig:
             raise PrefixTuneError(f"--lr must be positive, got {self.lr}")
         if self.init == "text":
             raise PrefixTuneError("--init text is for generation; a classifier starts random or zero")
+        if self.layers is not None:  # a list from run.json: kept as a tuple, as the command line gives
+            object.__setattr__(self, "layers", self.prefix_config().layers)
         self.prefix_config()  # validates the prefix fields
 
     def prefix_config(self) -> PrefixConfig:
@@ -78,6 +83,7 @@ class ClassifyConfig:
             reparam=self.reparam,
             mlp_hidden=self.mlp_hidden,
             init=self.init,
+            layers=self.layers,
             seed=self.seed,
         )
 

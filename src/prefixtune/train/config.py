@@ -38,8 +38,15 @@ class TrainConfig:
     """Prefix initialisation: text (from --init-text), random or zero."""
     init_text: str | None = "table-to-text:"
     """Words whose keys/values start the prefix when --init text."""
-    positions: str = "keep"
-    """keep: real tokens at positions 0..n-1 (default); shifted: at P..P+n-1 as in PEFT."""
+    positions: str | None = None
+    """keep: real tokens at positions 0..n-1; shifted: at P..P+n-1 as in PEFT. Default: shifted for
+    --kind embedding, else keep."""
+    kind: str = "prefix"
+    """prefix (keys/values in every attention layer, Li & Liang) or embedding (prompt tuning: trainable
+    input embeddings before the source, the paper's embedding-only ablation)."""
+    layers: tuple[int, ...] | None = None
+    """Only these attention layers get the prefix, e.g. --layers 0,1,2 or --layers=-2,-1 (the last
+    two); default: every layer."""
     steps: int = 500
     """Optimizer steps."""
     batch_size: int = 8
@@ -85,6 +92,8 @@ class TrainConfig:
                 )
         if self.lr <= 0:
             raise PrefixTuneError(f"--lr must be positive, got {self.lr}")
+        if self.layers is not None:  # a list from run.json: kept as a tuple, as the command line gives
+            object.__setattr__(self, "layers", self.prefix_config().layers)
         self.prefix_config()  # validates the prefix fields
 
     def prefix_config(self) -> PrefixConfig:
@@ -96,6 +105,8 @@ class TrainConfig:
             init=self.init,
             init_text=init_text,
             positions=self.positions,
+            kind=self.kind,
+            layers=self.layers,
             seed=self.seed,
         )
 

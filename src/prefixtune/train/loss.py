@@ -36,12 +36,16 @@ def target_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, in
     handle = None
     if head is not None:
         handle = head.register_forward_pre_hook(lambda _m, args: _gather(args, rows_wanted))
+    extra = {}
+    if hasattr(model, "prefix_batch"):  # a PrefixModel: an infix is seen from where the targets start
+        extra["infix_at"] = infix_columns(batch["labels"])
     try:
         out = model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             logits_to_keep=keep,
             use_cache=False,
+            **extra,
         )
     finally:
         if handle is not None:
@@ -52,6 +56,13 @@ def target_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, in
         targets = next_labels[:, keep].flatten()
     loss = functional.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum")
     return loss, int(rows_wanted.sum())
+
+
+def infix_columns(labels: torch.Tensor) -> torch.Tensor:
+    """(B, L) labels -> (B,) per row the column before its first target token: the source's last
+    token, whose query predicts the target's first token and so must see an infix (`kind="infix"`)."""
+    first_target = (labels != IGNORE).long().argmax(dim=1)  # (B,)
+    return (first_target - 1).clamp(min=0)
 
 
 def _gather(args: tuple, rows_wanted: torch.Tensor) -> tuple:
