@@ -42,8 +42,9 @@ class TrainConfig:
     """keep: real tokens at positions 0..n-1; shifted: at P..P+n-1 as in PEFT. Default: shifted for
     --kind embedding, else keep."""
     kind: str = "prefix"
-    """prefix (keys/values in every attention layer, Li & Liang) or embedding (prompt tuning: trainable
-    input embeddings before the source, the paper's embedding-only ablation)."""
+    """prefix (keys/values in every attention layer, Li & Liang), embedding (prompt tuning: trainable
+    input embeddings before the source, the paper's embedding-only ablation) or infix ([x; INFIX; y]:
+    keys/values seen from the source's last token on)."""
     layers: tuple[int, ...] | None = None
     """Only these attention layers get the prefix, e.g. --layers 0,1,2 or --layers=-2,-1 (the last
     two); default: every layer."""
