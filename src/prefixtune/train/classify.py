@@ -24,22 +24,14 @@ from prefixtune.errors import PrefixTuneError
 from prefixtune.heads import train_head
 from prefixtune.train import report
 from prefixtune.train.classify_config import ClassifyConfig
-from prefixtune.train.loop import PREFIX_DIR, RUN_FILE, _Interrupt, _warmup_then_decay
+from prefixtune.train.loop import PREFIX_DIR, RUN_FILE, TrainResult, _Interrupt, _warmup_then_decay
 
 TASK = "sequence-classification"
 
 
-@dataclass
-class ClassifyResult:
-    """What a finished (or interrupted) classifier run left behind."""
-
-    output: Path
-    prefix_path: Path
-    steps: int
-    best: dict[str, float] = field(default_factory=dict)
-    interrupted: bool = False
-    model: Any = field(default=None, repr=False)
-    """The PrefixModel as training left it (the last step's prefix and head, not the best)."""
+ClassifyResult = TrainResult
+"""What a finished (or interrupted) classifier run left behind: a `TrainResult` (it never stops early;
+its `model` holds the last step's prefix and head, not the best)."""
 
 
 def read_labelled(path: str, config: ClassifyConfig) -> list[Example]:
@@ -163,7 +155,9 @@ def train_classifier(
     if not dev_set and not stopper.requested:
         model.save(folder / PREFIX_DIR)
     report.plot_curve(folder)
-    return ClassifyResult(folder, folder / PREFIX_DIR, run.step, run.best, stopper.requested, model)
+    return ClassifyResult(
+        folder, folder / PREFIX_DIR, run.step, run.best, interrupted=stopper.requested, model=model
+    )
 
 
 def _read_data(config: ClassifyConfig) -> tuple[list[Example], list[Example], list[str]]:
