@@ -36,6 +36,9 @@ def write_plots(folder: Path, rows: list[dict[str, Any]], axes: list[str], metri
             ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=4, label=label)
         if numeric and _spread(summary, axis) >= 8:
             ax.set_xscale("log", base=2)
+            ticks = sorted({r[axis] for r in summary if r[axis] > 0})
+            ax.set_xticks(ticks, labels=[f"{t:g}" for t in ticks])  # the grid's own values, not 2^k
+            ax.minorticks_off()
         ax.set_xlabel(axis)
         ax.set_ylabel(f"{metric} (mean ± std over {', '.join(REPEAT_AXES)})")
         ax.legend(fontsize=7)
