@@ -29,8 +29,13 @@ def main() -> None:
     parser.add_argument("sweeps", nargs="+", type=Path, help="sweep folders, then the output folder")
     args = parser.parse_args()
     *sweeps, out = args.sweeps
+    if not sweeps:
+        parser.error("give at least one sweep folder, then the output folder")
     rows = []
     for folder in sweeps:
+        missing = [n for n in ("sweep.json", "results.json") if not (folder / n).is_file()]
+        if missing:
+            raise SystemExit(f"{folder} is not a finished sweep (no {' or '.join(missing)}): run it first")
         fixed = json.loads((folder / "sweep.json").read_text(encoding="utf-8"))["fixed"]
         for row in json.loads((folder / "results.json").read_text(encoding="utf-8"))["runs"]:
             rows.append({**row, "init": label(row, fixed)})

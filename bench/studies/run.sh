@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The studies of docs/studies/, as they were run: SmolLM2-135M on E2E, one study per `prefixtune sweep`.
-# Usage (with the venv active): bench/studies/run.sh [OUT] [STUDY...]   (OUT defaults to docs/studies; studies: length kind
-# reparam init). Every sweep is resumable: rerun the same line after an interruption. A sweep keeps its
+# Usage (with the venv active): bench/studies/run.sh [OUT] [STUDY...]
+# OUT defaults to docs/studies; the studies are length, kind, reparam and init (default: all). Every sweep is resumable: rerun the same line after an interruption. A sweep keeps its
 # per-run checkpoints under OUT/<study>/runs/ (about 100 MB a run); only the tables and plots are committed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -9,6 +9,8 @@ out=${1:-docs/studies}
 shift || true
 studies=${*:-length kind reparam init}
 data=../shared/data/e2e
+command -v prefixtune >/dev/null || { echo "prefixtune is not on PATH: run . .venv/bin/activate first" >&2; exit 2; }
+[ -f "$data/trainset.csv" ] || { echo "no $data/trainset.csv: the studies need ../shared beside the checkout" >&2; exit 2; }
 common=(--train "$data/trainset.csv" --dev "$data/devset.csv" --eval-sources 40 --max-new-tokens 60 --quiet)
 
 for study in $studies; do
