@@ -8,6 +8,8 @@ seed; the peers take turns, one step each per round, so that machine noise hits 
   with the recipe's loss (`prefixtune.train.loss.target_loss`: logits only at target tokens).
 - `prefixtune_text`: prefixtune's recommended defaults (`prefixtune train`): the same, but the
   prefix starts from the keys/values of "table-to-text:".
+- `prefixtune_untrimmed` (not run by default): `prefixtune` with the loss's trimming of the last
+  layer's feed-forward block switched off, to measure what that trimming saves in the same run.
 - `peft`: `PrefixTuningConfig(num_virtual_tokens=10, prefix_projection=True, encoder_hidden_size=512)`,
   the same target-only loss computed from full logits, as a PEFT user passing masked labels gets.
 - `floor` (timed on the first `--floor-rounds` rounds only): the bare frozen model with a zero
@@ -30,6 +32,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch import nn
@@ -39,8 +42,9 @@ from step_cost import _proc_status, _reset_peak, environment, log, next_token_lo
 
 ROOT = Path(__file__).resolve().parents[1]
 E2E = ROOT.parent / "shared" / "data" / "e2e"
-TRAINED = ("prefixtune", "prefixtune_text", "peft")
+TRAINED = ("prefixtune", "prefixtune_text", "prefixtune_untrimmed", "peft")
 PEERS = (*TRAINED, "floor")
+DEFAULT_PEERS = ("prefixtune", "prefixtune_text", "peft", "floor")
 
 
 @dataclass
@@ -102,7 +106,11 @@ def _prefixtune(name: str, model: nn.Module, tokenizer, args) -> Peer:
     pmodel = add_prefix(model, config, tokenizer=tokenizer)
 
     def loss(batch):
-        total, count = target_loss(pmodel, batch)
+        if name == "prefixtune_untrimmed":
+            with mock.patch("prefixtune.train.loss._last_feed_forward", return_value=None):
+                total, count = target_loss(pmodel, batch)
+        else:
+            total, count = target_loss(pmodel, batch)
         return total / count
 
     return Peer(name, pmodel, pmodel.prefix_parameters(), loss)
@@ -187,8 +195,10 @@ def timing(peers: list[Peer], batches: list[dict], args: argparse.Namespace) -> 
         }
     by_name = {p.name: p for p in peers}
     ratios = {}
-    for a, b in [(x, y) for x in ("prefixtune", "prefixtune_text") for y in ("peft", "floor")] + [
-        ("peft", "floor")
+    ours = ("prefixtune", "prefixtune_text", "prefixtune_untrimmed")
+    for a, b in [(x, y) for x in ours for y in ("peft", "floor")] + [
+        ("peft", "floor"),
+        ("prefixtune", "prefixtune_untrimmed"),
     ]:
         if a in by_name and b in by_name:
             n = min(len(by_name[a].times), len(by_name[b].times))
@@ -270,11 +280,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--init-text", default="table-to-text:", help="prefixtune_text's initial words")
     parser.add_argument("--floor-rounds", type=int, default=60, help="rounds in which the floor is timed")
     parser.add_argument("--warmup-rounds", type=int, default=3, help="rounds left out of the timing")
-    parser.add_argument("--eval-sources", type=int, default=100, help="distinct E2E dev inputs scored")
+    parser.add_argument(
+        "--eval-sources", type=int, default=100, help="distinct E2E dev inputs scored (0: timing only)"
+    )
     parser.add_argument("--num-beams", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=60)
     parser.add_argument("--metrics", default="BLEU,NIST,ROUGE_L,CIDEr")
-    parser.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated subset of {PEERS}")
+    parser.add_argument("--peers", default=",".join(DEFAULT_PEERS), help=f"comma-separated subset of {PEERS}")
     parser.add_argument("--data-dir", default=str(E2E), help="folder with E2E trainset.csv and devset.csv")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--seed", type=int, default=0)
@@ -311,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         "train_loss": {p.name: p.losses for p in peers},
         "train_seconds": time.perf_counter() - started,
     }
-    result["dev"] = {p.name: score(p, tokenizer, args) for p in peers if p.name in TRAINED}
+    if args.eval_sources > 0:
+        result["dev"] = {p.name: score(p, tokenizer, args) for p in peers if p.name in TRAINED}
     del peers
     gc.collect()
     if args.memory:

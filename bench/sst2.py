@@ -4,12 +4,16 @@ Three peers, each on its own copy of MiniLM-L6 loaded as `BertForSequenceClassif
 sdpa, fp32, CPU), trained for the same steps on the same batches in the same order (seed fixed):
 
 - `prefixtune`: `add_prefix(model, PrefixConfig(length=16, reparam="flat", init="random"))` plus
-  `train_head(model)`: a flat prefix in all 6 layers and the linear head trained, the encoder frozen.
+  `train_head(model, pooling="mean")`: a flat prefix in all 6 layers and the linear head trained, the
+  encoder frozen, the head reading the mean of the tokens (`prefixtune train --task classify`'s
+  defaults).
+- `prefixtune_first`: the same with the head on the first token (`pooling="first"`), as PEFT's and
+  P-Tuning v2's heads read it: equal settings with `peft`.
 - `peft`: `get_peft_model(model, PrefixTuningConfig(task_type=SEQ_CLS, num_virtual_tokens=16))`: the
   same number of prefix vectors, no projection, the head trained (PEFT's `modules_to_save`).
 - `full`: every weight trained (the usual fine-tuning recipe, lr 5e-5).
 
-Both prefix peers use AdamW at lr 1e-2 (P-Tuning v2's range for classification); all three use
+The prefix peers use AdamW at `--prefix-lr` (default 3e-2); all peers use
 6 % linear warmup then linear decay, gradient clipping at 1.0, dropout on (train mode), batch 32,
 texts truncated at 64 tokens. Peers take their steps in turn (the first peer rotates every step), so
 machine noise hits them alike. Dev accuracy (all 872 GLUE dev sentences) is measured every
@@ -36,7 +40,7 @@ from pathlib import Path
 import torch
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
-PEERS = ("prefixtune", "peft", "full")
+PEERS = ("prefixtune", "prefixtune_first", "peft", "full")
 _START = time.perf_counter()
 
 
@@ -50,7 +54,9 @@ def read_tsv(path: Path) -> tuple[list[str], list[int]]:
     return [r["sentence"].strip() for r in rows], [int(r["label"]) for r in rows]
 
 
-def build_peers(length: int, seed: int) -> dict[str, tuple[torch.nn.Module, list[torch.nn.Parameter], float]]:
+def build_peers(
+    names: list[str], length: int, seed: int, prefix_lr: float
+) -> dict[str, tuple[torch.nn.Module, list[torch.nn.Parameter], float]]:
     """Each peer: (model to call, trainable parameters, learning rate)."""
     from peft import PrefixTuningConfig, TaskType, get_peft_model
 
@@ -61,16 +67,20 @@ def build_peers(length: int, seed: int) -> dict[str, tuple[torch.nn.Module, list
     # every peer is a copy of this one model: the same freshly initialised head for all three
     base, _ = load_base("minilm-l6", task="sequence-classification", num_labels=2)
     peers = {}
-    model = add_prefix(copy.deepcopy(base), PrefixConfig(length=length, reparam="flat", seed=seed))
-    params = model.prefix_parameters() + train_head(model, reset=False)
-    peers["prefixtune"] = (model, params, 1e-2)
-    peft_model = get_peft_model(
-        copy.deepcopy(base), PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=length)
-    )
-    peers["peft"] = (peft_model, [p for p in peft_model.parameters() if p.requires_grad], 1e-2)
-    full = copy.deepcopy(base)
-    full.requires_grad_(True)
-    peers["full"] = (full, list(full.parameters()), 5e-5)
+    for name, pooling in (("prefixtune", "mean"), ("prefixtune_first", "first")):
+        if name in names:
+            model = add_prefix(copy.deepcopy(base), PrefixConfig(length=length, reparam="flat", seed=seed))
+            params = model.prefix_parameters() + train_head(model, reset=False, pooling=pooling)
+            peers[name] = (model, params, prefix_lr)
+    if "peft" in names:
+        peft_model = get_peft_model(
+            copy.deepcopy(base), PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=length)
+        )
+        peers["peft"] = (peft_model, [p for p in peft_model.parameters() if p.requires_grad], prefix_lr)
+    if "full" in names:
+        full = copy.deepcopy(base)
+        full.requires_grad_(True)
+        peers["full"] = (full, list(full.parameters()), 5e-5)
     return peers
 
 
@@ -105,8 +115,9 @@ def run(args: argparse.Namespace) -> dict:
         batches.append((encode([texts[i] for i in rows]), torch.tensor([labels[i] for i in rows])))
     dev = [encode(dev_texts[i : i + 128]) for i in range(0, len(dev_texts), 128)]
     dev_gold = torch.tensor(dev_labels)
-    peers = build_peers(args.length, args.seed)
-    optimizers, schedulers, times, curves = {}, {}, {p: [] for p in PEERS}, {p: [] for p in PEERS}
+    names = args.peers
+    peers = build_peers(names, args.length, args.seed, args.prefix_lr)
+    optimizers, schedulers, times, curves = {}, {}, {p: [] for p in names}, {p: [] for p in names}
     warmup = max(1, round(0.06 * args.steps))
     for name, (model, params, lr) in peers.items():
         model.train()
@@ -114,9 +125,9 @@ def run(args: argparse.Namespace) -> dict:
         schedulers[name] = torch.optim.lr_scheduler.LambdaLR(
             optimizers[name], lambda s: schedule(s, args.steps, warmup)
         )
-    log(f"training {', '.join(PEERS)} for {args.steps} steps of {args.batch_size}")
+    log(f"training {', '.join(names)} for {args.steps} steps of {args.batch_size}")
     for step, (batch, gold) in enumerate(batches, start=1):
-        turn = PEERS[step % 3 :] + PEERS[: step % 3]
+        turn = names[step % len(names) :] + names[: step % len(names)]
         for name in turn:
             model, params, _ = peers[name]
             start = time.perf_counter()
@@ -128,9 +139,9 @@ def run(args: argparse.Namespace) -> dict:
             optimizers[name].zero_grad(set_to_none=True)
             times[name].append(time.perf_counter() - start)
         if step % args.eval_every == 0 or step == args.steps:
-            for name in PEERS:
+            for name in names:
                 curves[name].append((step, accuracy(peers[name][0], dev, dev_gold)))
-            log(f"step {step}: " + ", ".join(f"{p} {curves[p][-1][1]:.4f}" for p in PEERS))
+            log(f"step {step}: " + ", ".join(f"{p} {curves[p][-1][1]:.4f}" for p in names))
             partial = {**summarise(args, peers, times, curves), "completed_steps": step}
             # a run cut short keeps what it measured
             args.out.write_text(json.dumps(partial, indent=2) + "\n", encoding="utf-8")
@@ -151,7 +162,7 @@ def summarise(args, peers, times, curves) -> dict:
         "peers": {},
         "ratios": {},
     }
-    for name in PEERS:
+    for name in args.peers:
         _, params, lr = peers[name]
         result["peers"][name] = {
             "lr": lr,
@@ -161,7 +172,16 @@ def summarise(args, peers, times, curves) -> dict:
             "curve": curves[name],
             "median_step_s": statistics.median(times[name][skip:]),
         }
-    for a, b in (("prefixtune", "peft"), ("prefixtune", "full"), ("peft", "full")):
+    pairs = (
+        ("prefixtune", "peft"),
+        ("prefixtune_first", "peft"),
+        ("prefixtune", "prefixtune_first"),
+        ("prefixtune", "full"),
+        ("peft", "full"),
+    )
+    for a, b in pairs:
+        if a not in peers or b not in peers:
+            continue
         paired = [x / y for x, y in zip(times[a][skip:], times[b][skip:], strict=True)]
         result["ratios"][f"{a}/{b}"] = statistics.median(paired)
     return result
@@ -174,10 +194,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--length", type=int, default=16, help="prefix vectors per layer (both prefix peers)")
+    parser.add_argument("--prefix-lr", type=float, default=3e-2, help="AdamW peak lr of the prefix peers")
+    parser.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated subset of {PEERS}")
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench/results/sst2.json"))
     args = parser.parse_args()
+    args.peers = [p for p in args.peers.split(",") if p]
+    unknown = sorted(set(args.peers) - set(PEERS))
+    if unknown or not args.peers:
+        parser.error(f"--peers takes names from {', '.join(PEERS)}; got {', '.join(unknown) or 'none'}")
+    if not (DATA / "train.tsv").is_file():
+        parser.error(f"no {DATA / 'train.tsv'}: this benchmark needs ../shared beside the checkout")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = run(args)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -8,7 +8,7 @@ from conftest import random_ids
 from encoders import make_encoder, right_pad
 
 from prefixtune import PrefixConfig, PrefixTuneError, add_prefix, load_prefix
-from prefixtune.heads import HEAD_FILE, head_parameters, saved_labels, train_head
+from prefixtune.heads import HEAD_FILE, head_parameters, saved_labels, set_pooling, train_head
 from prefixtune.storage import fold_folder
 
 CONFIG = PrefixConfig(length=4, reparam="flat", seed=0)
@@ -112,3 +112,64 @@ def test_a_head_that_does_not_fit_names_the_problem(tmp_path):
 def test_a_prefix_without_a_head_saves_no_head_file(tmp_path):
     add_prefix(make_encoder("bert", head="sequence"), CONFIG).save(tmp_path / "p")
     assert not (tmp_path / "p" / HEAD_FILE).exists()
+
+
+def _mean_classifier(family: str):
+    model = add_prefix(make_encoder(family, head="sequence", labels=3), CONFIG)
+    train_head(model, seed=5, pooling="mean")
+    return model
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert", "electra", "roberta"])
+def test_mean_pooling_feeds_the_head_the_mean_of_the_real_tokens(family):
+    model = _mean_classifier(family)
+    ids, mask = right_pad([random_ids(1, 7, seed=1)[0], random_ids(1, 4, seed=2)[0]], pad=0)
+    got = model(ids, attention_mask=mask).logits
+    # the reference: the backbone's output (with the prefix), averaged by hand over real tokens,
+    # put in the first token's place and sent through the family's own head
+    set_pooling(model, "first")
+    captured = {}
+
+    def capture(_module, _args, output):
+        captured["h"] = output[0]
+
+    backbone = getattr(model.base, model.base.base_model_prefix)
+    handle = backbone.register_forward_hook(capture)
+    model(ids, attention_mask=mask)
+    handle.remove()
+    hidden = captured["h"]
+    weights = mask[..., None].float()
+    mean = (hidden * weights).sum(1) / weights.sum(1)
+    replaced = torch.cat([mean[:, None], hidden[:, 1:]], dim=1)
+    if family == "bert":  # BERT's pooler sits inside the backbone; the classifier reads its output
+        expected = model.base.classifier(model.base.bert.pooler(replaced))
+    elif family == "distilbert":
+        expected = model.base.classifier(torch.relu(model.base.pre_classifier(replaced[:, 0])))
+    else:  # RoBERTa and ELECTRA: a head on the first token of the sequence
+        expected = model.base.classifier(replaced)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert (got - model(ids, attention_mask=mask).logits).abs().max() > 1e-4  # first token differs
+
+
+def test_mean_pooling_ignores_padding_and_is_restored_on_load(tmp_path):
+    model = _mean_classifier("bert")
+    row = random_ids(1, 5, seed=3)
+    alone = model(row).logits
+    padded, mask = right_pad([row[0], random_ids(1, 9, seed=4)[0]], pad=0)
+    torch.testing.assert_close(model(padded, attention_mask=mask).logits[:1], alone, rtol=1e-5, atol=1e-6)
+    model.save(tmp_path / "p")
+    loaded = load_prefix(make_encoder("bert", head="sequence", labels=3), tmp_path / "p")
+    assert loaded.head_pooling == "mean"
+    torch.testing.assert_close(loaded(row).logits, alone, rtol=0, atol=1e-6)
+    base = loaded.unload()  # the pooling hook goes with the prefixes
+    set_pooling(model, "first")
+    model.unload()
+    torch.testing.assert_close(base(row).logits, model.base(row).logits, rtol=0, atol=0)
+
+
+def test_mean_pooling_is_refused_for_token_tags_and_unknown_poolings():
+    model = add_prefix(make_encoder("bert", head="token", labels=3), CONFIG)
+    with pytest.raises(PrefixTuneError, match="labels every token"):
+        train_head(model, pooling="mean")
+    with pytest.raises(PrefixTuneError, match="pooling must be one of first, mean"):
+        train_head(model, pooling="max")

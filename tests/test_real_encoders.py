@@ -54,6 +54,8 @@ def test_cli_trains_evaluates_and_classifies_on_sst2(tmp_path, capsys):
     args = ["train", "--task", "classify", "--train", str(train), "--dev", str(dev), "--output", str(run)]
     assert main([*args, "--steps", "6", "--eval-every", "3", "--batch-size", "16", "--quiet"]) == 0
     capsys.readouterr()
+    base, _ = load_base("minilm-l6", task="sequence-classification")
+    assert load_prefix(base, run / "prefix").head_pooling == "mean"  # the default, saved with the head
     assert main(["evaluate", "--prefix", str(run / "prefix"), "--data", str(dev)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("accuracy ") and "(32 examples" in out

@@ -46,6 +46,9 @@ class PrefixModel(nn.Module):
         self.head_names: tuple[str, ...] = ()
         """The base's top-level modules that form a task head trained with the prefixes (see
         `prefixtune.heads`); saved with every prefix. Empty: the whole base is frozen."""
+        self.head_pooling = "first"
+        """What the sequence head reads: the first token, or the mean of the real tokens (`mean`)."""
+        self._pooling_handle = None
         self._hook = PositionHook(self)
         self._hook_handle = base.register_forward_pre_hook(self._hook, with_kwargs=True)
 
@@ -371,6 +374,8 @@ class PrefixModel(nn.Module):
     def unload(self) -> nn.Module:
         """Detach all prefixes and give back the base model, running exactly as before."""
         self._hook_handle.remove()
+        if self._pooling_handle is not None:
+            self._pooling_handle.remove()
         detach(self.base, self.injector)
         return self.base
 

@@ -50,6 +50,7 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
     args = ["train", "--task", "classify", "--train", str(train), "--dev", str(dev), "--output", str(run)]
     args += ["--base", str(base), "--steps", "40", "--eval-every", "20", "--batch-size", "16"]
     args += ["--length", "4", "--lr", "0.03", "--warmup-steps", "5", "--quiet"]
+    args += ["--pooling", "first"]  # the label is the first word: a task for the first token's head
     assert main(args) == 0
     return {"root": root, "base": base, "train": train, "dev": dev, "run": run, "prefix": run / "prefix"}
 
@@ -62,6 +63,14 @@ def test_train_keeps_the_best_prefix_with_its_head(workspace, capsys):
     assert [r["step"] for r in evals] == [20, 40]
     assert max(r["accuracy"] for r in evals) >= 0.9
     assert json.loads((workspace["run"] / "run.json").read_text())["task"] == "classify"
+    assert _pooling(prefix / HEAD_FILE) == "first"  # saved with the head; evaluate below restores it
+
+
+def _pooling(file: Path) -> str:
+    from safetensors import safe_open
+
+    with safe_open(str(file), "pt") as handle:
+        return handle.metadata()["pooling"]
 
 
 def test_evaluate_reports_the_accuracy_training_saw(workspace, capsys):
@@ -90,6 +99,7 @@ def test_classify_labels_new_sentences(workspace, capsys, tmp_path):
         (["--grad-accum", "2"], "--grad-accum do(es) not apply to --task classify"),
         (["--resume"], "--resume is not supported"),
         (["--init", "text"], "a classifier starts random or zero"),
+        (["--pooling", "max"], "--pooling must be one of first, mean"),
     ],
 )
 def test_bad_classifier_options_are_one_line_errors(workspace, capsys, tmp_path, extra, message):

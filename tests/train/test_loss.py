@@ -56,3 +56,54 @@ def test_the_output_layer_sees_only_target_positions():
     finally:
         handle.remove()
     assert seen == [(1, 20, 64)]  # the 20 target tokens, not 3 rows x 12 kept columns
+
+
+def test_only_the_last_layers_feed_forward_is_trimmed_to_target_positions():
+    model = add_prefix(make_model("llama"), PrefixConfig(length=3, seed=0))
+    layers = model.base.model.layers
+    seen = {}
+
+    def record(index):
+        def hook(_module, args, output):
+            seen[index] = (tuple(args[0].shape), tuple(output.shape))
+
+        return hook
+
+    handles = [layer.mlp.register_forward_hook(record(i)) for i, layer in enumerate(layers)]
+    try:
+        target_loss(model, _batch())
+    finally:
+        for handle in handles:
+            handle.remove()
+    last = len(layers) - 1
+    assert seen[last] == ((1, 20, 64), (1, 20, 64))  # only the 20 target positions are computed
+    assert all(seen[i] == ((3, 14, 64), (3, 14, 64)) for i in range(last))
+    # the layer itself gets back its full (3, 14, 64) output: the equality tests above show that
+
+
+def test_target_loss_is_exact_with_a_prefix_on_the_first_layer_only():
+    # the trimmed layer is the model's last, not the prefix's last: here they differ
+    model = add_prefix(make_model("llama"), PrefixConfig(length=3, seed=0, layers=(0,)))
+    batch = _batch()
+    loss, _ = target_loss(model, batch)
+    grads = torch.autograd.grad(loss, model.prefix_parameters())
+    expected, _ = _reference_loss(model, batch)
+    expected_grads = torch.autograd.grad(expected, model.prefix_parameters())
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_target_loss_is_exact_under_gradient_checkpointing():
+    # layers are recomputed in the backward pass, after target_loss's hooks are gone: no trimming then
+    model = add_prefix(make_model("llama"), PrefixConfig(length=3, seed=0))
+    model.train()
+    model.gradient_checkpointing_enable()
+    batch = _batch()
+    loss, _ = target_loss(model, batch)
+    grads = torch.autograd.grad(loss, model.prefix_parameters())
+    expected, _ = _reference_loss(model, batch)
+    expected_grads = torch.autograd.grad(expected, model.prefix_parameters())
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

@@ -127,7 +127,7 @@ def train_classifier(
     base, tokenizer = model_and_tokenizer or load_classifier_base(config.base, names)
     base.config.id2label = dict(enumerate(names))
     model = add_prefix(base, config.prefix_config(), tokenizer=tokenizer)
-    params = model.prefix_parameters() + train_head(model, seed=config.seed)
+    params = model.prefix_parameters() + train_head(model, seed=config.seed, pooling=config.pooling)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _warmup_then_decay(config.warmup_steps, config.steps)

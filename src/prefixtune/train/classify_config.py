@@ -11,6 +11,7 @@ from typing import Any
 
 from prefixtune.config import PrefixConfig
 from prefixtune.errors import PrefixTuneError
+from prefixtune.heads import POOLINGS
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class ClassifyConfig:
     """Hidden width of the MLP reparametrisation."""
     init: str = "random"
     """Prefix initialisation: random (at the scale of the model's own keys/values) or zero."""
+    pooling: str = "mean"
+    """What the head reads: mean (the mean over the text's tokens, best for sentence-embedding models
+    such as minilm-l6) or first (the first token, P-Tuning v2's and the model's own choice)."""
     layers: tuple[int, ...] | None = None
     """Only these encoder layers get the prefix, e.g. --layers 0,1,2 or --layers=-2,-1 (P-Tuning v2's
     depth ablation); default: every layer."""
@@ -46,8 +50,9 @@ class ClassifyConfig:
     """Optimizer steps."""
     batch_size: int = 32
     """Examples per step."""
-    lr: float = 1e-2
-    """Peak learning rate of AdamW, for the prefix and the head (P-Tuning v2 uses 5e-3 to 1e-2)."""
+    lr: float = 3e-2
+    """Peak learning rate of AdamW, for the prefix and the head (P-Tuning v2 uses 5e-3 to 1e-2; on
+    MiniLM-L6 and SST-2, 3e-2 learned faster than 1e-2 and 1e-1)."""
     warmup_steps: int = 50
     """Linear warmup steps; then linear decay to zero at --steps."""
     weight_decay: float = 0.0
@@ -71,6 +76,8 @@ class ClassifyConfig:
                 )
         if self.lr <= 0:
             raise PrefixTuneError(f"--lr must be positive, got {self.lr}")
+        if self.pooling not in POOLINGS:
+            raise PrefixTuneError(f"--pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.init == "text":
             raise PrefixTuneError("--init text is for generation; a classifier starts random or zero")
         if self.layers is not None:  # a list from run.json: kept as a tuple, as the command line gives

@@ -11,6 +11,12 @@ computed. Two steps get there:
    different prompt lengths would otherwise pay for each other's prompts. The hook changes only the
    input of the output layer, so whatever a model family does after it (Gemma's logit soft-capping)
    still applies.
+3. The same gathering is done for the feed-forward block of the model's last layer: its output
+   reaches nothing but the output layer, so at positions without a target it is wasted work. The
+   last layer's attention still runs everywhere (keys and values of every position are needed by
+   the targets' queries), but the block after it sees only (1, N, H), and zeros are scattered back
+   elsewhere. On SmolLM2 that is about 1.5 % of a step; a family whose layer keeps its feed-forward
+   under another name than `mlp` or `feed_forward` simply runs it in full.
 """
 
 from __future__ import annotations
@@ -33,9 +39,13 @@ def target_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, in
     keep = wanted.any(dim=0).nonzero().squeeze(1)  # (K,) positions some row needs
     rows_wanted = wanted[:, keep]  # (B, K)
     head = _output_layer(model)
-    handle = None
+    handles = []
     if head is not None:
-        handle = head.register_forward_pre_hook(lambda _m, args: _gather(args, rows_wanted))
+        handles.append(head.register_forward_pre_hook(lambda _m, args: _gather(args, rows_wanted)))
+    feed_forward = _last_feed_forward(model)
+    if feed_forward is not None:
+        # position t predicts token t+1: the last column never has a target
+        handles += _trim_to_targets(feed_forward, functional.pad(wanted, (0, 1)))
     extra = {}
     if hasattr(model, "prefix_batch"):  # a PrefixModel: an infix is seen from where the targets start
         extra["infix_at"] = infix_columns(batch["labels"])
@@ -48,7 +58,7 @@ def target_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, in
             **extra,
         )
     finally:
-        if handle is not None:
+        for handle in handles:
             handle.remove()
     targets = next_labels[:, keep][rows_wanted]  # (N,)
     logits = out.logits.reshape(-1, out.logits.shape[-1])  # (N, V) gathered, or (B*K, V) without a head
@@ -71,6 +81,56 @@ def _gather(args: tuple, rows_wanted: torch.Tensor) -> tuple:
     if hidden.shape[:2] != rows_wanted.shape:  # not the call this loss made (e.g. a nested model)
         return args
     return (hidden[rows_wanted][None], *args[1:])
+
+
+def _trim_to_targets(module: torch.nn.Module, wanted: torch.Tensor) -> list:
+    """Hooks making a position-wise `module` run only where `wanted` (B, L) is True: its (B, L, H)
+    input is gathered to (1, N, H) and its output scattered back to (B, L, H), zeros elsewhere."""
+    gathered = []
+
+    def before(_module, args):
+        if args[0].shape[:2] != wanted.shape:  # another length (e.g. `kind="embedding"`): run in full
+            return args
+        gathered.append(args[0].shape)
+        return (args[0][wanted][None], *args[1:])
+
+    def after(_module, _args, output):
+        if not gathered:
+            return output
+        shape = gathered.pop()
+        first = output if isinstance(output, torch.Tensor) else output[0]
+        full = first.new_zeros(shape[:2] + first.shape[2:])
+        full[wanted] = first[0]
+        return full if isinstance(output, torch.Tensor) else (full, *output[1:])
+
+    return [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+
+
+def _last_feed_forward(model) -> torch.nn.Module | None:
+    """The feed-forward block of the decoder's last layer: the sibling, named `mlp` or
+    `feed_forward`, of the last attention module a forward calls (the injector's last slot)."""
+    layout = getattr(model, "layout", None)
+    if layout is None or not layout.slots or layout.slots[-1].kind != "self" or _checkpointed(model.base):
+        return None
+    try:
+        layer = model.base.get_submodule(layout.slots[-1].name.rpartition(".")[0])
+    except AttributeError:  # the module tree changed since the probe (e.g. wrapped by FSDP)
+        return None
+    for name in ("mlp", "feed_forward"):
+        module = getattr(layer, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    return None
+
+
+def _checkpointed(base: torch.nn.Module) -> bool:
+    """Whether layers are recomputed in the backward pass. The recomputation runs after `target_loss`
+    has removed its hooks, so a trimmed block would save other tensors than the first run did."""
+    return any(
+        getattr(module, "gradient_checkpointing", False) is True  # transformers' checkpointed layers
+        or "Checkpoint" in type(module).__name__  # torch's CheckpointWrapper (FSDP's route)
+        for module in base.modules()
+    )
 
 
 def _output_layer(model) -> torch.nn.Module | None:
