@@ -84,14 +84,7 @@ def test_only_the_last_layers_feed_forward_is_trimmed_to_target_positions():
 def test_target_loss_is_exact_with_a_prefix_on_the_first_layer_only():
     # the trimmed layer is the model's last, not the prefix's last: here they differ
     model = add_prefix(make_model("llama"), PrefixConfig(length=3, seed=0, layers=(0,)))
-    batch = _batch()
-    loss, _ = target_loss(model, batch)
-    grads = torch.autograd.grad(loss, model.prefix_parameters())
-    expected, _ = _reference_loss(model, batch)
-    expected_grads = torch.autograd.grad(expected, model.prefix_parameters())
-    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
-    for got, want in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    _assert_equals_the_reference(model, _batch())
 
 
 def test_target_loss_is_exact_under_gradient_checkpointing():
@@ -99,7 +92,10 @@ def test_target_loss_is_exact_under_gradient_checkpointing():
     model = add_prefix(make_model("llama"), PrefixConfig(length=3, seed=0))
     model.train()
     model.gradient_checkpointing_enable()
-    batch = _batch()
+    _assert_equals_the_reference(model, _batch())
+
+
+def _assert_equals_the_reference(model, batch) -> None:
     loss, _ = target_loss(model, batch)
     grads = torch.autograd.grad(loss, model.prefix_parameters())
     expected, _ = _reference_loss(model, batch)
