@@ -171,5 +171,6 @@ def test_mean_pooling_is_refused_for_token_tags_and_unknown_poolings():
     model = add_prefix(make_encoder("bert", head="token", labels=3), CONFIG)
     with pytest.raises(PrefixTuneError, match="labels every token"):
         train_head(model, pooling="mean")
+    assert model.head_pooling == "first" and model._pooling_handle is None  # the refusal changed nothing
     with pytest.raises(PrefixTuneError, match="pooling must be one of first, mean"):
         train_head(model, pooling="max")

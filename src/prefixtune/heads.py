@@ -96,34 +96,34 @@ def set_pooling(model: PrefixModel, pooling: str) -> None:
     """Make the sequence head read the first token (`first`) or the mean of the real tokens (`mean`)."""
     if pooling not in POOLINGS:
         raise PrefixTuneError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-    previous = getattr(model, "_pooling_handle", None)
-    if previous is not None:
-        previous.remove()
-        model._pooling_handle = None
-    model.head_pooling = pooling
-    if pooling == "first":
-        return
-    if "ForSequenceClassification" not in type(model.base).__name__:
+    if pooling == "mean" and "ForSequenceClassification" not in type(model.base).__name__:
         raise PrefixTuneError(
             f"pooling='mean' is for sequence classification; {type(model.base).__name__} labels every "
             "token, so use pooling='first'"
         )
-    backbone = getattr(model.base, model.base.base_model_prefix)
-    model._pooling_handle = backbone.register_forward_hook(_mean_into_first, with_kwargs=True)
+    if model._pooling_handle is not None:
+        model._pooling_handle.remove()
+        model._pooling_handle = None
+    model.head_pooling = pooling
+    if pooling == "mean":
+        backbone = getattr(model.base, model.base.base_model_prefix)
+        model._pooling_handle = backbone.register_forward_hook(_mean_into_first, with_kwargs=True)
 
 
 def _mean_into_first(backbone: nn.Module, args: tuple, kwargs: dict, output):
-    """Forward hook on the backbone: its first token's output becomes the mean over the real tokens."""
+    """Forward hook on the backbone: its first token's output becomes the mean over the real tokens,
+    and a pooler inside the backbone (BERT's) pools that mean instead of the first token."""
     hidden = output[0]  # (B, L, H)
     mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
     weights = (hidden.new_ones(hidden.shape[:2]) if mask is None else mask.to(hidden))[..., None]  # (B, L, 1)
     mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, H)
     hidden = torch.cat([mean[:, None], hidden[:, 1:]], dim=1)
     pooler = getattr(backbone, "pooler", None)
+    pooled = pooler is not None and len(output) > 1 and output[1] is not None
     if isinstance(output, tuple):
-        return (hidden, *output[1:])
+        return (hidden, pooler(hidden), *output[2:]) if pooled else (hidden, *output[1:])
     output["last_hidden_state"] = hidden
-    if pooler is not None and output.get("pooler_output") is not None:  # BERT pools inside the backbone
+    if pooled:
         output["pooler_output"] = pooler(hidden)
     return output
 
@@ -144,7 +144,7 @@ def head_metadata(model: PrefixModel) -> dict[str, str]:
     return {
         "architecture": type(model.base).__name__,
         "id2label": json.dumps(labels),
-        "pooling": getattr(model, "head_pooling", "first"),
+        "pooling": model.head_pooling,
     }
 
 
