@@ -5,16 +5,17 @@ sdpa, fp32, CPU), trained for the same steps on the same batches in the same ord
 
 - `prefixtune`: `add_prefix(model, PrefixConfig(length=16, reparam="flat", init="random"))` plus
   `train_head(model, pooling="mean")`: a flat prefix in all 6 layers and the linear head trained, the
-  encoder frozen, the head reading the mean of the tokens (`prefixtune train --task classify`'s
-  defaults).
-- `prefixtune_first`: the same with the head on the first token (`pooling="first"`), as PEFT's and
-  P-Tuning v2's heads read it: equal settings with `peft`.
+  encoder frozen, the head reading the mean of the tokens, the model's dropout off while training
+  (`prefixtune train --task classify`'s defaults).
+- `prefixtune_dropout`: the same with the model's dropout on.
+- `prefixtune_first`: the head on the first token (`pooling="first"`), as PEFT's and P-Tuning v2's
+  heads read it, and dropout on, as they train: equal settings with `peft`.
 - `peft`: `get_peft_model(model, PrefixTuningConfig(task_type=SEQ_CLS, num_virtual_tokens=16))`: the
   same number of prefix vectors, no projection, the head trained (PEFT's `modules_to_save`).
 - `full`: every weight trained (the usual fine-tuning recipe, lr 5e-5).
 
 The prefix peers use AdamW at `--prefix-lr` (default 3e-2); all peers use
-6 % linear warmup then linear decay, gradient clipping at 1.0, dropout on (train mode), batch 32,
+6 % linear warmup then linear decay, gradient clipping at 1.0, train mode, batch 32,
 texts truncated at 64 tokens. Peers take their steps in turn (the first peer rotates every step), so
 machine noise hits them alike. Dev accuracy (all 872 GLUE dev sentences) is measured every
 `--eval-every` steps and at the end (not before training, to save CPU). Reported: accuracy at
@@ -27,6 +28,7 @@ trainable parameters, median step time and step-time ratios (median of per-step 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import json
@@ -40,7 +42,7 @@ from pathlib import Path
 import torch
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
-PEERS = ("prefixtune", "prefixtune_first", "peft", "full")
+PEERS = ("prefixtune", "prefixtune_dropout", "prefixtune_first", "peft", "full")
 _START = time.perf_counter()
 
 
@@ -67,7 +69,11 @@ def build_peers(
     # every peer is a copy of this one model: the same freshly initialised head for all three
     base, _ = load_base("minilm-l6", task="sequence-classification", num_labels=2)
     peers = {}
-    for name, pooling in (("prefixtune", "mean"), ("prefixtune_first", "first")):
+    for name, pooling in (
+        ("prefixtune", "mean"),
+        ("prefixtune_dropout", "mean"),
+        ("prefixtune_first", "first"),
+    ):
         if name in names:
             model = add_prefix(copy.deepcopy(base), PrefixConfig(length=length, reparam="flat", seed=seed))
             params = model.prefix_parameters() + train_head(model, reset=False, pooling=pooling)
@@ -98,6 +104,7 @@ def schedule(step: int, total: int, warmup: int) -> float:
 
 def run(args: argparse.Namespace) -> dict:
     from prefixtune.loading import load_base
+    from prefixtune.train.dropout import dropout_off
 
     torch.manual_seed(args.seed)
     _, tokenizer = load_base("minilm-l6", task="sequence-classification")
@@ -126,6 +133,16 @@ def run(args: argparse.Namespace) -> dict:
             optimizers[name], lambda s: schedule(s, args.steps, warmup)
         )
     log(f"training {', '.join(names)} for {args.steps} steps of {args.batch_size}")
+    with contextlib.ExitStack() as quiet:
+        if "prefixtune" in peers:  # the default: the frozen model's dropout off while it trains
+            quiet.enter_context(dropout_off(peers["prefixtune"][0]))
+        train_in_turns(args, peers, batches, (dev, dev_gold), optimizers, schedulers, times, curves)
+    return summarise(args, peers, times, curves)
+
+
+def train_in_turns(args, peers, batches, dev_set, optimizers, schedulers, times, curves) -> None:
+    """Every peer steps on each batch in turn; dev accuracy every `--eval-every` steps."""
+    names = args.peers
     for step, (batch, gold) in enumerate(batches, start=1):
         turn = names[step % len(names) :] + names[: step % len(names)]
         for name in turn:
@@ -140,12 +157,11 @@ def run(args: argparse.Namespace) -> dict:
             times[name].append(time.perf_counter() - start)
         if step % args.eval_every == 0 or step == args.steps:
             for name in names:
-                curves[name].append((step, accuracy(peers[name][0], dev, dev_gold)))
+                curves[name].append((step, accuracy(peers[name][0], *dev_set)))
             log(f"step {step}: " + ", ".join(f"{p} {curves[p][-1][1]:.4f}" for p in names))
             partial = {**summarise(args, peers, times, curves), "completed_steps": step}
             # a run cut short keeps what it measured
             args.out.write_text(json.dumps(partial, indent=2) + "\n", encoding="utf-8")
-    return summarise(args, peers, times, curves)
 
 
 def summarise(args, peers, times, curves) -> dict:
@@ -176,6 +192,7 @@ def summarise(args, peers, times, curves) -> dict:
         ("prefixtune", "peft"),
         ("prefixtune_first", "peft"),
         ("prefixtune", "prefixtune_first"),
+        ("prefixtune", "prefixtune_dropout"),
         ("prefixtune", "full"),
         ("peft", "full"),
     )

@@ -100,6 +100,7 @@ def test_classify_labels_new_sentences(workspace, capsys, tmp_path):
         (["--resume"], "--resume is not supported"),
         (["--init", "text"], "a classifier starts random or zero"),
         (["--pooling", "max"], "--pooling must be one of first, mean"),
+        (["--dropout", "maybe"], "--dropout must be off or on"),
     ],
 )
 def test_bad_classifier_options_are_one_line_errors(workspace, capsys, tmp_path, extra, message):

@@ -9,6 +9,7 @@ does not resume from a checkpoint: runs are short, and a killed run is simply st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from prefixtune.errors import PrefixTuneError
 from prefixtune.heads import train_head
 from prefixtune.train import report
 from prefixtune.train.classify_config import ClassifyConfig
+from prefixtune.train.dropout import dropout_off
 from prefixtune.train.loop import PREFIX_DIR, RUN_FILE, TrainResult, _Interrupt, _warmup_then_decay
 
 TASK = "sequence-classification"
@@ -138,17 +140,19 @@ def train_classifier(
     stopper = _Interrupt()
     bar = tqdm(total=config.steps, disable=not progress, unit="step", dynamic_ncols=True)
     model.train()
+    dropout = dropout_off(model) if config.dropout == "off" else contextlib.nullcontext()
     try:
-        while run.step < config.steps and not stopper.requested:
-            rows = order.next()
-            texts = [train_set[i].source for i in rows]
-            record = _step(model, tokenizer, texts, targets[rows], params, optimizer, scheduler, config)
-            run.step += 1
-            report.append_log(folder, {**record, "step": run.step})
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.3f}")
-            if dev_set and (run.step % config.eval_every == 0 or run.step == config.steps):
-                run.evaluate()
+        with dropout:
+            while run.step < config.steps and not stopper.requested:
+                rows = order.next()
+                texts = [train_set[i].source for i in rows]
+                record = _step(model, tokenizer, texts, targets[rows], params, optimizer, scheduler, config)
+                run.step += 1
+                report.append_log(folder, {**record, "step": run.step})
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.3f}")
+                if dev_set and (run.step % config.eval_every == 0 or run.step == config.steps):
+                    run.evaluate()
     finally:
         bar.close()
         stopper.restore()

@@ -13,6 +13,8 @@ from prefixtune.config import PrefixConfig
 from prefixtune.errors import PrefixTuneError
 from prefixtune.heads import POOLINGS
 
+DROPOUT_CHOICES = ("off", "on")
+
 
 @dataclass(frozen=True)
 class ClassifyConfig:
@@ -43,6 +45,9 @@ class ClassifyConfig:
     pooling: str = "mean"
     """What the head reads: mean (the mean over the text's tokens, best for sentence-embedding models
     such as minilm-l6) or first (the first token, P-Tuning v2's and the model's own choice)."""
+    dropout: str = "off"
+    """The frozen model's dropout while training: off, or on (its own rates, as P-Tuning v2 and PEFT
+    train). Off learns faster: a frozen encoder trained for a fraction of an epoch underfits."""
     layers: tuple[int, ...] | None = None
     """Only these encoder layers get the prefix, e.g. --layers 0,1,2 or --layers=-2,-1 (P-Tuning v2's
     depth ablation); default: every layer."""
@@ -78,6 +83,8 @@ class ClassifyConfig:
             raise PrefixTuneError(f"--lr must be positive, got {self.lr}")
         if self.pooling not in POOLINGS:
             raise PrefixTuneError(f"--pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.dropout not in DROPOUT_CHOICES:
+            raise PrefixTuneError(f"--dropout must be off or on, got {self.dropout!r}")
         if self.init == "text":
             raise PrefixTuneError("--init text is for generation; a classifier starts random or zero")
         if self.layers is not None:  # a list from run.json: kept as a tuple, as the command line gives

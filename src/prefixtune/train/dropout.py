@@ -1,0 +1,38 @@
+"""Switching the model's dropout off for a training run, and back on after it.
+
+Why: P-Tuning v2 and PEFT train the prefix with the frozen model in train mode, so its dropout
+(BERT: 0.1 on embeddings, attention and every sublayer) keeps running. A frozen encoder whose
+prefix sees a fraction of an epoch underfits rather than overfits; the noise then only slows it
+down. On MiniLM-L6 and SST-2, 1,000 steps with dropout off gave a lower training loss and a higher
+dev accuracy (docs/BENCHMARKS.md).
+
+Dropout is zeroed by rate rather than by `model.eval()`: models switch gradient checkpointing off
+outside train mode, and a training run needs it kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import nn
+
+_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
+@contextmanager
+def dropout_off(model: nn.Module) -> Iterator[int]:
+    """Within the block, every dropout module of `model` has rate 0; the rates come back on exit.
+
+    Covers the `nn.Dropout` modules that encoders (BERT, RoBERTa, DeBERTa-v2, DistilBERT, ELECTRA) use
+    everywhere, attention included. Yields how many modules were switched off.
+    """
+    modules = [m for m in model.modules() if isinstance(m, _DROPOUTS)]
+    rates = [m.p for m in modules]
+    for module in modules:
+        module.p = 0.0
+    try:
+        yield len(modules)
+    finally:
+        for module, rate in zip(modules, rates, strict=True):
+            module.p = rate
