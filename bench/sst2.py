@@ -5,9 +5,10 @@ sdpa, fp32, CPU), trained for the same steps on the same batches in the same ord
 
 - `prefixtune`: `add_prefix(model, PrefixConfig(length=16, reparam="flat", init="random"))` plus
   `train_head(model, pooling="mean")`: a flat prefix in all 6 layers and the linear head trained, the
-  encoder frozen, the head reading the mean of the tokens, the model's dropout off while training
-  (`prefixtune train --task classify`'s defaults).
-- `prefixtune_dropout`: the same with the model's dropout on.
+  encoder frozen, the head reading the mean of the tokens (`prefixtune train --task classify`'s
+  defaults).
+- `prefixtune_dropout_off`: the same with the frozen model's dropout off while training
+  (`--dropout off`).
 - `prefixtune_first`: the head on the first token (`pooling="first"`), as PEFT's and P-Tuning v2's
   heads read it, and dropout on, as they train: equal settings with `peft`.
 - `peft`: `get_peft_model(model, PrefixTuningConfig(task_type=SEQ_CLS, num_virtual_tokens=16))`: the
@@ -42,7 +43,7 @@ from pathlib import Path
 import torch
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
-PEERS = ("prefixtune", "prefixtune_dropout", "prefixtune_first", "peft", "full")
+PEERS = ("prefixtune", "prefixtune_dropout_off", "prefixtune_first", "peft", "full")
 _START = time.perf_counter()
 
 
@@ -71,7 +72,7 @@ def build_peers(
     peers = {}
     for name, pooling in (
         ("prefixtune", "mean"),
-        ("prefixtune_dropout", "mean"),
+        ("prefixtune_dropout_off", "mean"),
         ("prefixtune_first", "first"),
     ):
         if name in names:
@@ -134,8 +135,8 @@ def run(args: argparse.Namespace) -> dict:
         )
     log(f"training {', '.join(names)} for {args.steps} steps of {args.batch_size}")
     with contextlib.ExitStack() as quiet:
-        if "prefixtune" in peers:  # the default: the frozen model's dropout off while it trains
-            quiet.enter_context(dropout_off(peers["prefixtune"][0]))
+        if "prefixtune_dropout_off" in peers:
+            quiet.enter_context(dropout_off(peers["prefixtune_dropout_off"][0]))
         train_in_turns(args, peers, batches, (dev, dev_gold), optimizers, schedulers, times, curves)
     return summarise(args, peers, times, curves)
 
@@ -192,7 +193,8 @@ def summarise(args, peers, times, curves) -> dict:
         ("prefixtune", "peft"),
         ("prefixtune_first", "peft"),
         ("prefixtune", "prefixtune_first"),
-        ("prefixtune", "prefixtune_dropout"),
+        ("prefixtune_dropout_off", "prefixtune"),
+        ("prefixtune_dropout_off", "peft"),
         ("prefixtune", "full"),
         ("peft", "full"),
     )

@@ -11,8 +11,8 @@ the base model, so a PrefixModel has one head, shared by all its prefixes: rows 
 carry different prefixes but not different heads.
 
 Where this departs from P-Tuning v2: its code applies dropout to the prefix keys/values while
-training; here the prefix gets none (and the classifier recipe switches the frozen model's own dropout
-off too, `train.dropout`). Its heads are
+training; here the prefix gets none (only the frozen model's own dropout runs, unless the classifier
+recipe's `--dropout off` switches it off too). Its heads are
 always a linear layer on BERT's pooler output; here each family keeps its own Hugging Face head.
 
 Pooling (`pooling="mean"`, the classifier recipe's default): every family's sequence head reads the

@@ -260,6 +260,8 @@ def test_help_explains_every_option(command):
     for action in sub._actions:
         if action.option_strings and action.dest != "help":
             assert action.help and len(action.help) > 10, (command, action.dest)
+    rendered = sub.format_help()  # argparse %-formats every help string here
+    assert all(opt in rendered for a in sub._actions for opt in a.option_strings)
 
 
 def test_the_module_entry_point_runs():

@@ -36,7 +36,8 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tupl
             continue
         kind = _base_type(hints[field.name])
         flag = "--" + field.name.replace("_", "-")
-        help_text = f"{docs.get(field.name, '')} (default: {field.default})"
+        # argparse %-formats help strings: a literal % in a docstring ("16 % faster") must be doubled
+        help_text = f"{docs.get(field.name, '')} (default: {field.default})".replace("%", "%%")
         parser.add_argument(flag, dest=field.name, type=kind, default=argparse.SUPPRESS, help=help_text)
 
 

@@ -45,9 +45,10 @@ class ClassifyConfig:
     pooling: str = "mean"
     """What the head reads: mean (the mean over the text's tokens, best for sentence-embedding models
     such as minilm-l6) or first (the first token, P-Tuning v2's and the model's own choice)."""
-    dropout: str = "off"
-    """The frozen model's dropout while training: off, or on (its own rates, as P-Tuning v2 and PEFT
-    train). Off learns faster: a frozen encoder trained for a fraction of an epoch underfits."""
+    dropout: str = "on"
+    """The frozen model's dropout while training: on (its own rates, as P-Tuning v2 and PEFT train) or
+    off (steps about 16 % faster on MiniLM-L6 and ahead early in a run, but on SST-2 it stalled lower
+    over 2,000 steps)."""
     layers: tuple[int, ...] | None = None
     """Only these encoder layers get the prefix, e.g. --layers 0,1,2 or --layers=-2,-1 (P-Tuning v2's
     depth ablation); default: every layer."""
