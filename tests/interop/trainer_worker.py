@@ -21,7 +21,11 @@ from prefixtune.train.encode import encode_examples
 
 
 def main(output: Path, mode: str) -> None:
-    train_csv, dev_csv = write_task(output, train_rows=16, dev_rows=8)
+    # each rank its own copy of the (identical) data: one shared file, rewritten by the other rank
+    # while this one reads it, was once read empty
+    data_dir = output / f"data-{os.environ['RANK']}"
+    data_dir.mkdir()
+    train_csv, dev_csv = write_task(data_dir, train_rows=16, dev_rows=8)
     data = [encode_examples(read_dataset(p), word_tokenizer(), 16, 16) for p in (train_csv, dev_csv)]
     # 2 rows per process: the same global batch of 4 as the one-process tests
     trainer = _trainer(
