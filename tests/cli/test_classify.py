@@ -118,6 +118,21 @@ def test_bad_classifier_options_are_one_line_errors(workspace, capsys, tmp_path,
     assert not (tmp_path / "r").exists()
 
 
+def test_a_missing_column_names_the_option_that_picks_it(workspace, capsys, tmp_path):
+    data = tmp_path / "texts.tsv"
+    data.write_text("text\tlabel\nw10 w11\tgood\n", encoding="utf-8")
+    args = ["train", "--task", "classify", "--base", str(workspace["base"]), "--output", str(tmp_path / "r")]
+    assert main([*args, "--train", str(data)]) == 2
+    assert (
+        "no column 'sentence'; its columns are 'text', 'label'. Pass --text-column="
+        in capsys.readouterr().err
+    )
+    assert not (tmp_path / "r").exists()
+    evaluate = ["evaluate", "--prefix", str(workspace["prefix"]), "--base", str(workspace["base"])]
+    assert main([*evaluate, "--data", str(data)]) == 2
+    assert "Pass --source-column=" in capsys.readouterr().err
+
+
 def test_single_label_data_and_unknown_dev_labels_are_refused(workspace, capsys, tmp_path):
     one = _write(tmp_path / "one.tsv", [("w10 w11", "good"), ("w12", "good")])
     args = ["train", "--task", "classify", "--base", str(workspace["base"]), "--output", str(tmp_path / "r")]

@@ -101,7 +101,7 @@ def test_resume_of_a_finished_run_changes_nothing(workspace, capsys):
     ("problem", "message"),
     [
         ("missing", "not found"),
-        ("column", "target"),
+        ("column", "no column 'target'; its columns are 'source', 'text'. Pass --target-column="),
         ("empty", "empty"),
         ("latin1", "UTF-8"),
     ],

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from prefixtune.cli.options import add_dataclass_options, dataclass_from_args
+from prefixtune.cli.options import EVALUATE_COLUMNS, add_dataclass_options, dataclass_from_args
 from prefixtune.errors import PrefixTuneError
 from prefixtune.train.classify_config import ClassifyConfig
 from prefixtune.train.config import TrainConfig
@@ -98,7 +98,9 @@ def run_evaluate_classifier(args: argparse.Namespace) -> int:
     if args.output and Path(args.output).exists():
         raise PrefixTuneError(f"--output {args.output} exists; choose a new file")
     text, label = args.source_column or TEXT_COLUMN, args.target_column or LABEL_COLUMN
-    examples = read_dataset(args.data, fmt=args.format, source_column=text, target_column=label)
+    examples = read_dataset(
+        args.data, fmt=args.format, source_column=text, target_column=label, column_options=EVALUATE_COLUMNS
+    )
     model, tokenizer, names = load_classifier(args.prefix, args.base)
     scores = evaluate_classifier(model, tokenizer, examples, names, args.data, batch_size=args.batch_size)
     print(

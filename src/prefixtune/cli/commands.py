@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from prefixtune.cli import classify
-from prefixtune.cli.options import add_dataclass_options, dataclass_from_args
+from prefixtune.cli.options import EVALUATE_COLUMNS, add_dataclass_options, dataclass_from_args
 from prefixtune.errors import PrefixTuneError
 from prefixtune.train.config import TrainConfig
 
@@ -126,7 +126,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.output and Path(args.output).exists():
         raise PrefixTuneError(f"--output {args.output} exists; choose a new file")
     source, target = args.source_column or "source", args.target_column or "target"
-    examples = read_dataset(args.data, fmt=args.format, source_column=source, target_column=target)
+    examples = read_dataset(
+        args.data,
+        fmt=args.format,
+        source_column=source,
+        target_column=target,
+        column_options=EVALUATE_COLUMNS,
+    )
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     model, tokenizer, mode = _load_model(args)
     generation = {k: getattr(args, k) for k in GENERATION_OPTIONS}

@@ -14,6 +14,9 @@ from typing import Any
 from prefixtune.config import parse_layers
 from prefixtune.errors import PrefixTuneError
 
+EVALUATE_COLUMNS = ("--source-column", "--target-column")
+"""How `evaluate` names the data's two columns; error messages about a missing column name these."""
+
 
 def attribute_docs(cls: type) -> dict[str, str]:
     """The docstring written under each attribute of a dataclass (read from its source)."""

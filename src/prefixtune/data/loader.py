@@ -33,13 +33,15 @@ def read_dataset(
     fmt: str | None = None,
     source_column: str = "source",
     target_column: str = "target",
+    column_options: tuple[str, str] = ("source_column", "target_column"),
 ) -> list[Example]:
     """Read a data set into Examples.
 
     `fmt` is one of "e2e", "webnlg", "dart", "csv", "tsv", "jsonl"; when None it is chosen from the
     extension: `.csv` (E2E when the header is `mr,ref` and has no `source_column`), `.tsv`, `.jsonl`,
     and `.json` (WebNLG when it has an "entries" object, DART when it is a list).
-    `source_column` / `target_column` apply to csv, tsv and jsonl.
+    `source_column` / `target_column` apply to csv, tsv and jsonl; `column_options` is how the caller's
+    user sets them, named when a column is missing (a command line: its flags).
     """
     path = Path(path)
     if fmt is not None:
@@ -64,8 +66,9 @@ def read_dataset(
     if fmt == "dart":
         return read_dart_json(path)
     if fmt == "jsonl":
-        return read_jsonl(path, source_column, target_column)
-    return read_csv(path, source_column, target_column, delimiter="\t" if fmt == "tsv" else ",")
+        return read_jsonl(path, source_column, target_column, column_options)
+    delimiter = "\t" if fmt == "tsv" else ","
+    return read_csv(path, source_column, target_column, delimiter, column_options)
 
 
 def _looks_like_e2e(path: Path, source_column: str) -> bool:

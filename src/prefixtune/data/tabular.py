@@ -25,12 +25,14 @@ def read_csv(
     source_column: str = "source",
     target_column: str = "target",
     delimiter: str | None = None,
+    column_options: tuple[str, str] = ("source_column", "target_column"),
 ) -> list[Example]:
     """A CSV (RFC 4180 quoting) or TSV file with a header row; one Example per data row.
 
     The delimiter is a tab for `.tsv` / `.tab` files and a comma otherwise, unless given. TSV is read
     without quote processing (the usual convention: a tab never occurs inside a field), so quote
-    characters are kept as text.
+    characters are kept as text. `column_options` names the two column settings in error messages
+    (a command line passes its flags, e.g. `("--text-column", "--label-column")`).
     """
     path = Path(path)
     if delimiter is None:
@@ -46,8 +48,8 @@ def read_csv(
                 f"{path} is empty: expected a header row naming the columns, then data rows."
             )
         header = [name.strip() for name in header]
-        source_index = _column_index(header, source_column, "source_column", path)
-        target_index = _column_index(header, target_column, "target_column", path)
+        source_index = _column_index(header, source_column, column_options[0], path)
+        target_index = _column_index(header, target_column, column_options[1], path)
         examples = []
         for row in reader:
             if not row or all(not cell.strip() for cell in row):
@@ -77,10 +79,13 @@ def _column_index(header: list[str], column: str, argument: str, path: Path) -> 
 
 
 def read_jsonl(
-    path: str | Path, source_column: str = "source", target_column: str = "target"
+    path: str | Path,
+    source_column: str = "source",
+    target_column: str = "target",
+    column_options: tuple[str, str] = ("source_column", "target_column"),
 ) -> list[Example]:
     """JSON Lines: one object per line. The target may be a string or a list of strings (several references,
-    one Example each). Blank lines are skipped."""
+    one Example each). Blank lines are skipped. `column_options` as in `read_csv`."""
     path = Path(path)
     examples = []
     for number, line in enumerate(read_text(path).splitlines(), start=1):
@@ -98,8 +103,8 @@ def read_jsonl(
                 f"{path} line {number} is a JSON {type(record).__name__}, not an object. "
                 f'Write each line as {{"{source_column}": ..., "{target_column}": ...}}.'
             )
-        source = _field(record, source_column, "source_column", path, number)
-        targets = _field(record, target_column, "target_column", path, number)
+        source = _field(record, source_column, column_options[0], path, number)
+        targets = _field(record, target_column, column_options[1], path, number)
         if not isinstance(source, str) or not (
             isinstance(targets, str)
             or (isinstance(targets, list) and all(isinstance(t, str) for t in targets))

@@ -39,7 +39,11 @@ its `model` holds the last step's prefix and head, not the best)."""
 def read_labelled(path: str, config: ClassifyConfig) -> list[Example]:
     """(text, label) pairs from a CSV/TSV/JSONL file; the label is kept as written."""
     return read_dataset(
-        path, fmt=config.format, source_column=config.text_column, target_column=config.label_column
+        path,
+        fmt=config.format,
+        source_column=config.text_column,
+        target_column=config.label_column,
+        column_options=("--text-column", "--label-column"),  # ClassifyConfig's fields are the flags
     )
 
 

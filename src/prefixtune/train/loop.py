@@ -315,6 +315,7 @@ def load_data(config: TrainConfig) -> tuple[list[Example], list[Example]]:
         "fmt": config.format,
         "source_column": config.source_column,
         "target_column": config.target_column,
+        "column_options": ("--source-column", "--target-column"),  # TrainConfig's fields are the flags
     }
     train_set = read_dataset(config.train, **columns)
     if 0 < config.max_train_examples < len(train_set):
