@@ -60,7 +60,8 @@ class Peer:
     losses: list[float] = field(default_factory=list)
 
     def setup(self, args: argparse.Namespace) -> None:
-        self.optimizer = torch.optim.AdamW(self.params, lr=args.lr, weight_decay=0.0)
+        lr = args.peer_lr.get(self.name, args.lr)
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0)
         warmup, total = args.warmup_steps, args.steps
 
         def schedule(step: int) -> float:  # the recipe's: linear warmup, then linear decay to zero
@@ -273,6 +274,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=300, help="training steps of every peer")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-3, help="peak AdamW learning rate, for every peer")
+    parser.add_argument(
+        "--peer-lr",
+        action="append",
+        default=[],
+        metavar="PEER=LR",
+        help="one peer's own peak learning rate instead of --lr (repeatable), e.g. prefixtune_text=2e-3",
+    )
     parser.add_argument("--warmup-steps", type=int, default=20)
     parser.add_argument("--clip", type=float, default=1.0, help="gradient clipping norm")
     parser.add_argument("--prefix-length", type=int, default=10)
@@ -294,7 +302,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--memory-steps", type=int, default=4)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.peer_lr = {name: float(lr) for name, lr in (item.split("=", 1) for item in args.peer_lr)}
+    except ValueError:
+        parser.error("--peer-lr takes PEER=LR, for example prefixtune_text=2e-3")
+    if unknown := set(args.peer_lr) - set(PEERS):
+        parser.error(f"--peer-lr names unknown peers {sorted(unknown)}; peers are {PEERS}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
