@@ -103,7 +103,8 @@ def _prefixtune(name: str, model: nn.Module, tokenizer, args) -> Peer:
     from prefixtune.train.loss import target_loss
 
     init = {"init": "text", "init_text": args.init_text} if name == "prefixtune_text" else {}
-    config = PrefixConfig(length=args.prefix_length, mlp_hidden=args.mlp_hidden, seed=args.seed, **init)
+    length = args.peer_length.get(name, args.prefix_length)
+    config = PrefixConfig(length=length, mlp_hidden=args.mlp_hidden, seed=args.seed, **init)
     pmodel = add_prefix(model, config, tokenizer=tokenizer)
 
     def loss(batch):
@@ -284,6 +285,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup-steps", type=int, default=20)
     parser.add_argument("--clip", type=float, default=1.0, help="gradient clipping norm")
     parser.add_argument("--prefix-length", type=int, default=10)
+    parser.add_argument(
+        "--peer-length",
+        action="append",
+        default=[],
+        metavar="PEER=N",
+        help="one prefixtune peer's own prefix length instead of --prefix-length (repeatable), "
+        "e.g. prefixtune_text=20; PEFT keeps --prefix-length",
+    )
     parser.add_argument("--mlp-hidden", type=int, default=512)
     parser.add_argument("--init-text", default="table-to-text:", help="prefixtune_text's initial words")
     parser.add_argument("--floor-rounds", type=int, default=60, help="rounds in which the floor is timed")
@@ -303,13 +312,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    try:
-        args.peer_lr = {name: float(lr) for name, lr in (item.split("=", 1) for item in args.peer_lr)}
-    except ValueError:
-        parser.error("--peer-lr takes PEER=LR, for example prefixtune_text=2e-3")
-    if unknown := set(args.peer_lr) - set(PEERS):
-        parser.error(f"--peer-lr names unknown peers {sorted(unknown)}; peers are {PEERS}")
+    args.peer_lr = _per_peer(parser, "--peer-lr", args.peer_lr, float, "prefixtune_text=2e-3", PEERS)
+    prefix_peers = tuple(name for name in TRAINED if name.startswith("prefixtune"))
+    args.peer_length = _per_peer(
+        parser, "--peer-length", args.peer_length, int, "prefixtune_text=20", prefix_peers
+    )
     return args
+
+
+def _per_peer(parser, flag: str, items: list[str], cast, example: str, names: tuple[str, ...]) -> dict:
+    """Parse repeated PEER=VALUE options into {peer: value}, or exit with argparse's error."""
+    try:
+        values = {name: cast(value) for name, value in (item.split("=", 1) for item in items)}
+    except ValueError:
+        parser.error(f"{flag} takes PEER=VALUE, for example {example}")
+    if unknown := set(values) - set(names):
+        parser.error(f"{flag} names peers it cannot apply to: {sorted(unknown)}; it takes {names}")
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
