@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+import torch.distributed as dist
 from synthetic import word_tokenizer, write_task
 from test_trainer import _prefix, _trainer
 
@@ -40,6 +41,12 @@ def main(output: Path, mode: str) -> None:
         refused = str(err)
     result = {"refused": refused, "prefix": _prefix(trainer.model).flatten().tolist()}
     (output / f"rank-{os.environ['RANK']}.json").write_text(json.dumps(result))
+    # both ranks leave together: a gloo group left to interpreter exit while the other rank still
+    # works can abort ("terminate called without an active exception"), seen once in a fresh-clone
+    # CI run, as with fsdp_worker
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -81,11 +81,13 @@ def train(
     Args:
         model_and_tokenizer: an already loaded (base model, tokenizer), instead of loading `config.base`.
     """
-    started = distributed.join()
+    started, finished = distributed.join(), False
     try:
-        return _train(config, resume, model_and_tokenizer, progress)
+        result = _train(config, resume, model_and_tokenizer, progress)
+        finished = True
+        return result
     finally:
-        distributed.leave(started)
+        distributed.leave(started, finished)
 
 
 def _train(config: TrainConfig, resume: bool, model_and_tokenizer, progress: bool) -> TrainResult:
