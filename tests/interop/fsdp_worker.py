@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import torch
 from conftest import make_model, random_ids
+from launch import exit_together
 from torch import distributed as dist
 
 from prefixtune import PrefixConfig, PrefixTuneError, add_prefix
@@ -72,10 +73,7 @@ def main(output: Path) -> None:
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         torch.save({"state": state, "refused": refused, "callback": callback}, output / "gathered.pt")
-    # both ranks leave together: a gloo rank tearing down while the other is still busy can abort
-    # ("terminate called without an active exception"), seen once in a fresh-clone CI run
-    dist.barrier()
-    dist.destroy_process_group()
+    exit_together()
 
 
 if __name__ == "__main__":

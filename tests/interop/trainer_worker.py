@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-import torch.distributed as dist
+from launch import exit_together
 from synthetic import word_tokenizer, write_task
 from test_trainer import _prefix, _trainer
 
@@ -41,12 +41,7 @@ def main(output: Path, mode: str) -> None:
         refused = str(err)
     result = {"refused": refused, "prefix": _prefix(trainer.model).flatten().tolist()}
     (output / f"rank-{os.environ['RANK']}.json").write_text(json.dumps(result))
-    # both ranks leave together: a gloo group left to interpreter exit while the other rank still
-    # works can abort ("terminate called without an active exception"), seen once in a fresh-clone
-    # CI run, as with fsdp_worker
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    exit_together()
 
 
 if __name__ == "__main__":

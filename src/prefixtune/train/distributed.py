@@ -61,16 +61,9 @@ def join() -> bool:
     return True
 
 
-def leave(started: bool, finished: bool = True) -> None:
-    """End the process group `join` started. After a finished run the ranks first wait for each other:
-    a gloo rank that tears down while another still works (rank 0 writing the prefix) can abort that
-    one ("terminate called without an active exception"). After a failure no rank waits, since the
-    others may never arrive."""
-    if not (started and dist.is_initialized()):
-        return
-    if finished:
-        dist.barrier()
-    dist.destroy_process_group()
+def leave(started: bool) -> None:
+    if started and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def place(model: nn.Module) -> nn.Module:

@@ -81,13 +81,11 @@ def train(
     Args:
         model_and_tokenizer: an already loaded (base model, tokenizer), instead of loading `config.base`.
     """
-    started, finished = distributed.join(), False
+    started = distributed.join()
     try:
-        result = _train(config, resume, model_and_tokenizer, progress)
-        finished = True
-        return result
+        return _train(config, resume, model_and_tokenizer, progress)
     finally:
-        distributed.leave(started, finished)
+        distributed.leave(started)
 
 
 def _train(config: TrainConfig, resume: bool, model_and_tokenizer, progress: bool) -> TrainResult:
