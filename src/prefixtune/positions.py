@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from prefixtune.compat import cache_in
 from prefixtune.errors import PrefixTuneError
 from prefixtune.inject import PrefixBatch
 
@@ -75,7 +76,7 @@ class PositionHook:
 
 
 def _past_length(kwargs: dict[str, Any]) -> int:
-    cache = kwargs.get("past_key_values")
+    cache = cache_in(kwargs)
     return int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from prefixtune.compat import cache_kwargs, cache_out
 from prefixtune.model import PrefixModel
 
 
@@ -91,11 +92,11 @@ class Engine:
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=cache,
                 use_cache=True,
+                **cache_kwargs(cache),
                 **self._last_only,
             )
-            cache = out.past_key_values
+            cache = cache_out(out)
             logits = out.logits[:, -1].float()  # (B, V)
             for i, row in enumerate(live):
                 self._advance(row, self._choose(row, logits[i]))
