@@ -14,6 +14,7 @@ from seq2seq_models import make_seq2seq
 from transformers import DynamicCache
 
 from prefixtune import PrefixConfig, PrefixTuneError, add_prefix, load_prefix
+from prefixtune.compat import cache_kwargs, cache_out
 from prefixtune.interop.peft import export_peft
 from prefixtune.train.encode import IGNORE
 from prefixtune.train.loss import infix_columns, target_loss
@@ -32,8 +33,8 @@ def _reference(family: str, model, ids: torch.Tensor, at: int) -> torch.Tensor:
     plain = add_prefix(make_model(family), PrefixConfig(length=3, reparam="flat", init="zero"))
     plain.prefixes["default"].reparam.prefix.copy_(model.prefixes["default"].materialise())
     plain.injector.current = None
-    cache = plain.base(ids[:, :at], past_key_values=DynamicCache(), use_cache=True).past_key_values
-    return plain(ids[:, at:], past_key_values=cache, use_cache=True).logits
+    cache = cache_out(plain.base(ids[:, :at], use_cache=True, **cache_kwargs(DynamicCache())))
+    return plain(ids[:, at:], use_cache=True, **cache_kwargs(cache)).logits
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -14,6 +14,7 @@ from conftest import random_ids
 from seq2seq_models import EOS, PAD, SEQ2SEQ, make_seq2seq, right_padded
 
 from prefixtune import PrefixConfig, PrefixTuneError, add_prefix
+from prefixtune.compat import cache_out
 from prefixtune.inject import _BINDING_ATTR
 
 ATOL = 1e-5
@@ -162,7 +163,7 @@ def test_the_cache_holds_only_real_keys_and_the_cross_prefix_is_added_each_step(
         suppress_tokens=[PAD, 1, EOS],
         return_dict_in_generate=True,
     )
-    cache = out.past_key_values
+    cache = cache_out(out)
     assert cache.cross_attention_cache.get_seq_length() == batch["input_ids"].shape[1]  # source, no prefix
     assert cache.self_attention_cache.get_seq_length() == out.sequences.shape[1] - 1
     # the last step, teacher-forced without a cache, gives the token the cached step chose

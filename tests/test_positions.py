@@ -7,6 +7,7 @@ from conftest import make_model, random_ids
 from transformers import DynamicCache
 
 from prefixtune import PrefixConfig, add_prefix
+from prefixtune.compat import cache_kwargs
 
 
 def _as_past_key_values(model, rows: int) -> DynamicCache:
@@ -30,7 +31,7 @@ def test_shifted_convention_equals_the_prefix_as_past_key_values(family):
     past = _as_past_key_values(model, rows=2)
     mask = torch.ones(2, 5 + 7, dtype=torch.long)
     model.injector.current = None  # run the base with no injected prefix
-    reference = bare(input_ids=ids, past_key_values=past, attention_mask=mask).logits
+    reference = bare(input_ids=ids, attention_mask=mask, **cache_kwargs(past)).logits
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
 
 

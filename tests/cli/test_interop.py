@@ -12,6 +12,9 @@ from prefixtune import load_prefix
 from prefixtune.cli import main
 from prefixtune.interop.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
+# PEFT 0.21 passes `past_key_values`, deprecated from transformers 5.24: PEFT's warning, not ours.
+pytestmark = pytest.mark.filterwarnings("ignore:.*`past_key_values`:FutureWarning")
+
 
 @pytest.fixture
 def tiny(tmp_path):

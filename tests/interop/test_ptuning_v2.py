@@ -10,12 +10,14 @@ import torch
 from conftest import make_model
 from encoders import make_encoder
 from safetensors.torch import load_file, save_file
-from test_peft import _assert_same_outputs, _peft_adapter
+from test_peft import PEFT_USES_PAST_KEY_VALUES, _assert_same_outputs, _peft_adapter
 
 from prefixtune import PrefixTuneError
 from prefixtune.inject import IMPLEMENTATION
 from prefixtune.interop.peft import ADAPTER_WEIGHTS, TENSOR_KEY
 from prefixtune.interop.ptuning_v2 import import_ptuning_v2
+
+pytestmark = PEFT_USES_PAST_KEY_VALUES
 
 
 def _whole_model_state(family: str, prefix: dict[str, torch.Tensor], owner: str = "") -> dict:

@@ -43,6 +43,10 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def setup_export(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Write a prefix folder as a PEFT prefix-tuning adapter. PEFT's forward gives the prefix's outputs; "
+        "its generate ignores the prefix on transformers 5.24 and later (PEFT 0.21.2, the newest tested)."
+    )
     parser.add_argument("prefix", help="prefix folder (from `prefixtune train` or `import-peft`)")
     parser.add_argument("output", help="new folder for the PEFT adapter")
     parser.add_argument(
@@ -58,6 +62,9 @@ def setup_export(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    import transformers
+
+    from prefixtune.compat import CACHE_KWARG
     from prefixtune.interop.peft import export_peft_folder, read_peft_prefix
 
     out = export_peft_folder(
@@ -71,6 +78,12 @@ def run_export(args: argparse.Namespace) -> int:
         f"PEFT adapter written to {out} (length {peft.length}, {peft.layers} layers); "
         "load it with peft.PeftModel.from_pretrained(base_model, PATH)"
     )
+    if CACHE_KWARG == "cache":
+        print(
+            f"note: on transformers {transformers.__version__} (5.24 or later) PEFT's generate ignores a "
+            "prefix-tuning adapter (PEFT 0.21 passes it as past_key_values, which generate no longer reads) "
+            "and gives the bare model's text; PEFT's forward still uses it"
+        )
     return 0
 
 
