@@ -9,7 +9,7 @@ import torch
 from conftest import make_model, random_ids
 from transformers import DynamicCache
 
-from prefixtune.compat import CACHE_KWARG, cache_in, cache_kwargs, cache_out
+from prefixtune.engine.compat import CACHE_KWARG, cache_in, cache_kwargs, cache_out
 
 
 def test_the_cache_keyword_is_a_parameter_of_the_models_forward():

@@ -8,8 +8,8 @@ from conftest import random_ids
 from encoders import make_encoder, right_pad
 
 from prefixtune import PrefixConfig, PrefixTuneError, add_prefix, load_prefix
+from prefixtune.engine.storage import fold_folder
 from prefixtune.heads import HEAD_FILE, head_parameters, saved_labels, set_pooling, train_head
-from prefixtune.storage import fold_folder
 
 CONFIG = PrefixConfig(length=4, reparam="flat", seed=0)
 

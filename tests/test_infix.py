@@ -14,7 +14,7 @@ from seq2seq_models import make_seq2seq
 from transformers import DynamicCache
 
 from prefixtune import PrefixConfig, PrefixTuneError, add_prefix, load_prefix
-from prefixtune.compat import cache_kwargs, cache_out
+from prefixtune.engine.compat import cache_kwargs, cache_out
 from prefixtune.interop.peft import export_peft
 from prefixtune.train.encode import IGNORE
 from prefixtune.train.loss import infix_columns, target_loss

@@ -7,7 +7,7 @@ import torch
 from conftest import make_model
 
 from prefixtune import PrefixConfig, PrefixTuneError, add_prefix
-from prefixtune.initialise import record_keys_values
+from prefixtune.engine.initialise import record_keys_values
 
 TEXT = "w5 w17 w42"
 

@@ -7,7 +7,7 @@ import torch
 from conftest import make_model, random_ids
 
 from prefixtune import PrefixConfig, add_prefix
-from prefixtune.inject import extend_mask
+from prefixtune.engine.inject import extend_mask
 
 ATOL = 1e-5
 

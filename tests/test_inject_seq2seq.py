@@ -14,8 +14,8 @@ from conftest import random_ids
 from seq2seq_models import EOS, PAD, SEQ2SEQ, make_seq2seq, right_padded
 
 from prefixtune import PrefixConfig, PrefixTuneError, add_prefix
-from prefixtune.compat import cache_out
-from prefixtune.inject import _BINDING_ATTR
+from prefixtune.engine.compat import cache_out
+from prefixtune.engine.inject import _BINDING_ATTR
 
 ATOL = 1e-5
 KINDS = ["self", "self", "decoder", "cross", "decoder", "cross"]  # 2 encoder layers, 2 decoder layers

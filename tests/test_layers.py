@@ -12,9 +12,9 @@ from conftest import make_model, random_ids
 from seq2seq_models import make_seq2seq
 
 from prefixtune import PrefixConfig, PrefixTuneError, add_prefix, load_prefix
-from prefixtune.initialise import record_keys_values
-from prefixtune.inject import PrefixBatch
-from prefixtune.storage import CONFIG_FILE, TENSORS_FILE
+from prefixtune.engine.initialise import record_keys_values
+from prefixtune.engine.inject import PrefixBatch
+from prefixtune.engine.storage import CONFIG_FILE, TENSORS_FILE
 
 
 def _model(family: str = "llama", **config):
@@ -157,7 +157,7 @@ def test_bad_layers_are_refused_with_the_valid_range():
 
 @pytest.mark.parametrize("family", ["bert", "deberta"])
 def test_encoders_take_prefixes_on_some_layers_in_mixed_padded_batches(family):
-    # DeBERTa goes through its own hooks (`prefixtune.disentangled`), BERT through the attention function
+    # DeBERTa goes through its own hooks (`engine.disentangled`), BERT through the attention function
     from encoders import make_encoder, right_pad
     from test_disentangled import _deberta
 

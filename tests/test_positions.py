@@ -7,7 +7,7 @@ from conftest import make_model, random_ids
 from transformers import DynamicCache
 
 from prefixtune import PrefixConfig, add_prefix
-from prefixtune.compat import cache_kwargs
+from prefixtune.engine.compat import cache_kwargs
 
 
 def _as_past_key_values(model, rows: int) -> DynamicCache:

@@ -11,7 +11,7 @@ from encoders import make_encoder
 from seq2seq_models import make_seq2seq
 
 from prefixtune import PrefixConfig, PrefixTuneError, add_prefix, load_prefix
-from prefixtune.storage import TRAINABLE_FILE
+from prefixtune.engine.storage import TRAINABLE_FILE
 
 FAMILIES = ["gpt2", "llama"]  # learned absolute positions; RoPE with grouped-query attention
 P = 3

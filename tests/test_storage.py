@@ -9,7 +9,7 @@ import torch
 from conftest import make_model, random_ids
 
 from prefixtune import PrefixConfig, PrefixTuneError, add_prefix, load_prefix
-from prefixtune.storage import CONFIG_FILE, TENSORS_FILE, TRAINABLE_FILE
+from prefixtune.engine.storage import CONFIG_FILE, TENSORS_FILE, TRAINABLE_FILE
 
 
 def _trained(family: str = "llama", **config):

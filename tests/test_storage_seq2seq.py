@@ -9,8 +9,8 @@ from seq2seq_models import make_seq2seq, right_padded
 from synthetic import word_tokenizer
 
 from prefixtune import PrefixConfig, PrefixTuneError, add_prefix, load_prefix
-from prefixtune.initialise import record_keys_values
-from prefixtune.storage import fold_folder
+from prefixtune.engine.initialise import record_keys_values
+from prefixtune.engine.storage import fold_folder
 
 
 def _batch() -> dict[str, torch.Tensor]:

@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from prefixtune.api import add_prefix, load_prefix
-    from prefixtune.config import PrefixConfig
+    from prefixtune.engine.config import PrefixConfig
+    from prefixtune.engine.model import PrefixModel
     from prefixtune.errors import PrefixTuneError
     from prefixtune.loading import load_base
-    from prefixtune.model import PrefixModel
 
 _EXPORTS = {
-    "PrefixConfig": "prefixtune.config",
-    "PrefixModel": "prefixtune.model",
-    "PrefixTuneError": "prefixtune.errors",
+    "PrefixConfig": "prefixtune.engine.config",
+    "PrefixModel": "prefixtune.engine.model",
+    "PrefixTuneError": "prefixtune.engine.errors",
     "add_prefix": "prefixtune.api",
     "load_base": "prefixtune.loading",
     "load_prefix": "prefixtune.api",

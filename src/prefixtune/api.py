@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prefixtune.config import PrefixConfig
+from prefixtune.engine.config import PrefixConfig
+from prefixtune.engine.inject import attach
+from prefixtune.engine.model import DEFAULT_NAME, PrefixModel
 from prefixtune.errors import PrefixTuneError
-from prefixtune.inject import attach
-from prefixtune.model import DEFAULT_NAME, PrefixModel
 
 
 def add_prefix(
@@ -73,8 +73,8 @@ def load_prefix(
         check_weights: compare the base model's fingerprint with the one saved (layer count, heads,
             head size, sampled weights) and refuse a mismatch.
     """
+    from prefixtune.engine.storage import read_prefix
     from prefixtune.heads import HEAD_FILE, load_head
-    from prefixtune.storage import read_prefix
 
     fresh = not isinstance(model, PrefixModel)
     prefix_model = wrap(model) if fresh else model

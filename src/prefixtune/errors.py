@@ -1,8 +1,9 @@
-"""The one exception type a user of prefixtune sees for their own mistakes."""
+"""`PrefixTuneError`, for the layers around the engine (data, metrics, training, serving, the CLI).
 
+It is defined in `prefixtune.engine.errors`, since the engine imports nothing from the rest of
+prefixtune; this is the same class, so `except PrefixTuneError` catches it from either name.
+"""
 
-class PrefixTuneError(Exception):
-    """A problem with the user's input: the message names the problem and how to fix it.
+from prefixtune.engine.errors import PrefixTuneError
 
-    The CLI prints it without a traceback and exits non-zero.
-    """
+__all__ = ["PrefixTuneError"]

@@ -39,7 +39,7 @@ from torch import nn
 from prefixtune.errors import PrefixTuneError
 
 if TYPE_CHECKING:
-    from prefixtune.model import PrefixModel
+    from prefixtune.engine.model import PrefixModel
 
 HEAD_FILE = "head.safetensors"
 POOLINGS = ("first", "mean")

@@ -17,8 +17,8 @@ from launch import exit_together
 from torch import distributed as dist
 
 from prefixtune import PrefixConfig, PrefixTuneError, add_prefix
+from prefixtune.engine.model import PrefixModel
 from prefixtune.interop.trainer import PrefixCheckpointCallback
-from prefixtune.model import PrefixModel
 
 STEPS, ROWS = 4, 4
 

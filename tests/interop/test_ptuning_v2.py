@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from test_peft import PEFT_USES_PAST_KEY_VALUES, _assert_same_outputs, _peft_adapter
 
 from prefixtune import PrefixTuneError
-from prefixtune.inject import IMPLEMENTATION
+from prefixtune.engine.inject import IMPLEMENTATION
 from prefixtune.interop.peft import ADAPTER_WEIGHTS, TENSOR_KEY
 from prefixtune.interop.ptuning_v2 import import_ptuning_v2
 

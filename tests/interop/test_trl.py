@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from synthetic import TARGET, word_tokenizer
 
 from prefixtune import PrefixConfig, add_prefix, load_prefix
+from prefixtune.engine.model import PrefixModel
 from prefixtune.interop.trainer import PrefixCheckpointCallback
-from prefixtune.model import PrefixModel
 
 trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")

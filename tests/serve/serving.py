@@ -7,7 +7,7 @@ from synthetic import word_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from prefixtune import PrefixConfig, add_prefix
-from prefixtune.model import PrefixModel
+from prefixtune.engine.model import PrefixModel
 
 BASE = "tiny"
 WINDOW = 2048  # long enough for a stream that is still running when its client leaves

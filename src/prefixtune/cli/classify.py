@@ -74,9 +74,9 @@ def is_classifier(prefix: str | None) -> bool:
 def load_classifier(prefix: str, base: str | None):
     """The base encoder with the prefix and its head, the tokenizer, and the label names."""
     from prefixtune import load_prefix
+    from prefixtune.engine.storage import read_meta
     from prefixtune.heads import saved_labels
     from prefixtune.loading import load_base
-    from prefixtune.storage import read_meta
 
     read_meta(Path(prefix))  # a bad prefix folder fails before the model loads
     labels = saved_labels(Path(prefix))

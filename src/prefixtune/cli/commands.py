@@ -78,8 +78,8 @@ def _load_model(args: argparse.Namespace):
     """The base model with the prefix loaded (or, with --no-prefix, with none)."""
     from prefixtune import load_prefix
     from prefixtune.api import wrap
+    from prefixtune.engine.storage import read_meta
     from prefixtune.loading import load_base
-    from prefixtune.storage import read_meta
     from prefixtune.train.seq2seq import guess_task
 
     if args.prefix:
@@ -180,7 +180,7 @@ def setup_fold(parser: argparse.ArgumentParser) -> None:
 
 
 def run_fold(args: argparse.Namespace) -> int:
-    from prefixtune.storage import TRAINABLE_FILE, fold_folder
+    from prefixtune.engine.storage import TRAINABLE_FILE, fold_folder
 
     source, target = Path(args.prefix), Path(args.output)
     if target.resolve() == source.resolve():
@@ -198,7 +198,7 @@ def setup_info(parser: argparse.ArgumentParser) -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from prefixtune.storage import TRAINABLE_FILE, read_meta
+    from prefixtune.engine.storage import TRAINABLE_FILE, read_meta
 
     folder = Path(args.prefix)
     meta = read_meta(folder)

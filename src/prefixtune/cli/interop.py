@@ -64,7 +64,7 @@ def setup_export(parser: argparse.ArgumentParser) -> None:
 def run_export(args: argparse.Namespace) -> int:
     import transformers
 
-    from prefixtune.compat import CACHE_KWARG
+    from prefixtune.engine.compat import CACHE_KWARG
     from prefixtune.interop.peft import export_peft_folder, read_peft_prefix
 
     out = export_peft_folder(

@@ -11,7 +11,7 @@ import types
 import typing
 from typing import Any
 
-from prefixtune.config import parse_layers
+from prefixtune.engine.config import parse_layers
 from prefixtune.errors import PrefixTuneError
 
 EVALUATE_COLUMNS = ("--source-column", "--target-column")

@@ -34,7 +34,7 @@ def setup_serve(parser: argparse.ArgumentParser) -> None:
 
 def parse_prefixes(items: list[str], base_name: str) -> dict[str, Path]:
     """`["e2e=runs/e2e/prefix", ...]` -> {"e2e": Path(...)}, with every folder checked before loading."""
-    from prefixtune.storage import read_meta
+    from prefixtune.engine.storage import read_meta
 
     prefixes: dict[str, Path] = {}
     for item in items:

@@ -34,12 +34,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from prefixtune.config import PrefixConfig
+from prefixtune.engine.config import PrefixConfig
+from prefixtune.engine.layout import SlotSpec
 from prefixtune.errors import PrefixTuneError
-from prefixtune.layout import SlotSpec
 
 if TYPE_CHECKING:
-    from prefixtune.model import PrefixModel
+    from prefixtune.engine.model import PrefixModel
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -184,8 +184,8 @@ def insert_peft_prefix(
     """Put a prefix in PEFT's layout into the bank of `model` (a base model or a `PrefixModel`) as
     a flat `positions="shifted"` prefix called `name`; `where` names its source in errors."""
     from prefixtune.api import wrap
-    from prefixtune.model import PrefixModel
-    from prefixtune.prefix import Prefix
+    from prefixtune.engine.model import PrefixModel
+    from prefixtune.engine.prefix import Prefix
 
     fresh = not isinstance(model, PrefixModel)
     prefix_model = wrap(model) if fresh else model
@@ -211,7 +211,7 @@ def insert_peft_prefix(
 
 def _default_name(model: nn.Module, path: str | Path) -> str:
     """ "default" on a fresh model, else the source's name."""
-    from prefixtune.model import DEFAULT_NAME, PrefixModel
+    from prefixtune.engine.model import DEFAULT_NAME, PrefixModel
 
     return Path(path).name if isinstance(model, PrefixModel) and model.prefixes else DEFAULT_NAME
 
@@ -232,7 +232,7 @@ def export_peft(
             tokens at P..P+n-1, so its outputs differ from prefixtune's.
         base_model_name_or_path: what PEFT records as the base model (default: the base's own name).
     """
-    from prefixtune.storage import fingerprint
+    from prefixtune.engine.storage import fingerprint
 
     name = name or model.default_prefix
     if name not in model.prefixes:
@@ -261,7 +261,7 @@ def export_peft_folder(
     base_model_name_or_path: str | None = None,
 ) -> Path:
     """Convert a prefixtune prefix folder into a PEFT adapter folder (no base model needed)."""
-    from prefixtune.storage import TENSORS_FILE, read_meta
+    from prefixtune.engine.storage import TENSORS_FILE, read_meta
 
     source = Path(source)
     meta = read_meta(source)

@@ -23,9 +23,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from prefixtune.engine.model import PrefixModel
 from prefixtune.errors import PrefixTuneError
 from prefixtune.interop.peft import PeftPrefix, insert_peft_prefix
-from prefixtune.model import PrefixModel
 
 EMBEDDING_KEY = "prefix_encoder.embedding.weight"
 """The checkpoint key's ending (ChatGLM's checkpoints put `transformer.` before it)."""

@@ -22,8 +22,8 @@ from torch import distributed as dist
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from prefixtune.engine.model import is_sharded
 from prefixtune.errors import PrefixTuneError
-from prefixtune.model import is_sharded
 
 PREFIX_FOLDER = "prefix"
 

@@ -26,8 +26,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from prefixtune.engine.model import PrefixModel
 from prefixtune.errors import PrefixTuneError
-from prefixtune.model import PrefixModel
 from prefixtune.serve.config import ServeConfig
 from prefixtune.serve.engine import Engine, Sampling
 from prefixtune.serve.protocol import (

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from prefixtune.compat import cache_kwargs, cache_out
-from prefixtune.model import PrefixModel
+from prefixtune.engine.compat import cache_kwargs, cache_out
+from prefixtune.engine.model import PrefixModel
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ def summarise(point: Point, folder: Path, steps: int, trainable: int, seconds: f
 
 def _stored_bytes(prefix_folder: Path) -> int | None:
     """What a user ships: the folded prefix tensors and its config (not the trainable extras)."""
-    from prefixtune.storage import CONFIG_FILE, TENSORS_FILE
+    from prefixtune.engine.storage import CONFIG_FILE, TENSORS_FILE
 
     files = [prefix_folder / CONFIG_FILE, prefix_folder / TENSORS_FILE]
     if not all(f.is_file() for f in files):

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from prefixtune.config import PrefixConfig
+from prefixtune.engine.config import PrefixConfig
 from prefixtune.errors import PrefixTuneError
 from prefixtune.heads import POOLINGS
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from prefixtune.errors import PrefixTuneError
+from prefixtune.engine.errors import PrefixTuneError
 
 
 @dataclass(frozen=True)

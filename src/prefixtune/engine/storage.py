@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from prefixtune.config import PrefixConfig
-from prefixtune.errors import PrefixTuneError
+from prefixtune.engine.config import PrefixConfig
+from prefixtune.engine.errors import PrefixTuneError
+from prefixtune.engine.layout import SlotSpec, select_slots
+from prefixtune.engine.prefix import Prefix
 from prefixtune.heads import HEAD_FILE, save_head
-from prefixtune.layout import SlotSpec, select_slots
-from prefixtune.prefix import Prefix
 
 if TYPE_CHECKING:
-    from prefixtune.model import PrefixModel
+    from prefixtune.engine.model import PrefixModel
 
 CONFIG_FILE = "prefix_config.json"
 TENSORS_FILE = "prefix.safetensors"
@@ -226,7 +226,7 @@ def fold_folder(source: Path, target: Path) -> dict[str, Any]:
 
     Returns the prefix folder's metadata.
     """
-    from prefixtune.layout import SlotLayout
+    from prefixtune.engine.layout import SlotLayout
 
     meta = read_meta(source)
     layout = SlotLayout([SlotSpec(**s) for s in meta["slots"]])

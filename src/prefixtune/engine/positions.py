@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from prefixtune.compat import cache_in
-from prefixtune.errors import PrefixTuneError
-from prefixtune.inject import PrefixBatch
+from prefixtune.engine.compat import cache_in
+from prefixtune.engine.errors import PrefixTuneError
+from prefixtune.engine.inject import PrefixBatch
 
 if TYPE_CHECKING:
-    from prefixtune.model import PrefixModel
+    from prefixtune.engine.model import PrefixModel
 
 
 class PositionHook:

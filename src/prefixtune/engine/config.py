@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from prefixtune.errors import PrefixTuneError
+from prefixtune.engine.errors import PrefixTuneError
 
 INITS = ("random", "zero", "text")
 POSITIONS = ("keep", "shifted")
@@ -44,7 +44,7 @@ class PrefixConfig:
     kind: str = "prefix"
     """Which variant: `prefix` (trainable keys/values in every attention layer, the paper's method) or
     `embedding` (prompt tuning, Lester et al. 2021, the paper's embedding-only ablation: P trainable
-    input embeddings before the real tokens of a decoder-only model; see `prefixtune.prompt`) or
+    input embeddings before the real tokens of a decoder-only model; see `prefixtune.engine.prompt`) or
     `infix` (the paper's `[x; INFIX; y]` ablation for decoders: keys/values like a prefix, seen only
     by the queries from `infix_at` on, the source's last token and the target; see `PrefixModel.forward`)."""
 
@@ -57,7 +57,9 @@ class PrefixConfig:
     """Seed for the random parts of the initialisation; None uses torch's current generator."""
 
     def __post_init__(self) -> None:
-        from prefixtune.reparam import REPARAMS  # late import: reparam imports nothing from here at load
+        from prefixtune.engine.reparam import (
+            REPARAMS,  # late import: reparam imports nothing from here at load
+        )
 
         _check_choice("reparam", self.reparam, tuple(REPARAMS))
         _check_choice("init", self.init, INITS)

@@ -23,9 +23,9 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from prefixtune.errors import PrefixTuneError
-from prefixtune.inject import Injector
-from prefixtune.layout import SlotLayout
+from prefixtune.engine.errors import PrefixTuneError
+from prefixtune.engine.inject import Injector
+from prefixtune.engine.layout import SlotLayout
 
 
 def check_supported(base: nn.Module, injector: Injector) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prefixtune.layout import SlotSpec
+from prefixtune.engine.layout import SlotSpec
 
 _HOOKS_ATTR = "_prefixtune_hooks"
 

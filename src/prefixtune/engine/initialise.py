@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prefixtune.config import DEFAULT_LENGTH, PrefixConfig
-from prefixtune.errors import PrefixTuneError
-from prefixtune.inject import Injector
-from prefixtune.layout import SlotLayout
-from prefixtune.prefix import Prefix
+from prefixtune.engine.config import DEFAULT_LENGTH, PrefixConfig
+from prefixtune.engine.errors import PrefixTuneError
+from prefixtune.engine.inject import Injector
+from prefixtune.engine.layout import SlotLayout
+from prefixtune.engine.prefix import Prefix
 
 
 def text_token_ids(config: PrefixConfig, tokenizer) -> list[int]:
@@ -71,7 +71,7 @@ def initial_target(
 ) -> torch.Tensor | None:
     """The matrix `prefix`'s reparametrisation should start as: (P, W) keys/values, or (P, d) input
     embeddings for an embedding prompt; None keeps the reparametrisation's own init."""
-    from prefixtune.prompt import initial_prompt
+    from prefixtune.engine.prompt import initial_prompt
 
     length, layout = prefix.length, prefix.layout
     generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None

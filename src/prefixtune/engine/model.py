@@ -14,14 +14,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prefixtune import prompt
-from prefixtune.config import PrefixConfig
-from prefixtune.errors import PrefixTuneError
-from prefixtune.initialise import initial_target, resolve_length
-from prefixtune.inject import Injector, PrefixBatch, detach
-from prefixtune.layout import SlotLayout
-from prefixtune.positions import PositionHook
-from prefixtune.prefix import Prefix
+from prefixtune.engine import prompt
+from prefixtune.engine.config import PrefixConfig
+from prefixtune.engine.errors import PrefixTuneError
+from prefixtune.engine.initialise import initial_target, resolve_length
+from prefixtune.engine.inject import Injector, PrefixBatch, detach
+from prefixtune.engine.layout import SlotLayout
+from prefixtune.engine.positions import PositionHook
+from prefixtune.engine.prefix import Prefix
 
 DEFAULT_NAME = "default"
 RowPrefixes = str | Sequence[str | None] | None
@@ -355,8 +355,8 @@ class PrefixModel(nn.Module):
         return self
 
     def save(self, path: str | Path, name: str | None = None, include_trainable: bool = False) -> Path:
-        """Write one prefix (default: the default prefix) as a prefix folder; see `prefixtune.storage`."""
-        from prefixtune.storage import save_prefix
+        """Write one prefix (default: the default prefix) as a prefix folder; see `storage`."""
+        from prefixtune.engine.storage import save_prefix
 
         name = name or self.default_prefix
         if name is None:

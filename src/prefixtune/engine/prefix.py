@@ -7,13 +7,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from prefixtune.config import PrefixConfig
-from prefixtune.layout import SlotLayout, select_slots
-from prefixtune.reparam import FlatPrefix, MlpPrefix, PerKindPrefix
+from prefixtune.engine.config import PrefixConfig
+from prefixtune.engine.layout import SlotLayout, select_slots
+from prefixtune.engine.reparam import FlatPrefix, MlpPrefix, PerKindPrefix
 
 PromptEncoder = Callable[[torch.Tensor], torch.Tensor]
 """(P, d) prompt embeddings -> (P, W) keys/values of the prefix's slots, through the frozen base
-(`prefixtune.prompt.encode_prompt`, bound by `PrefixModel.insert`)."""
+(`prefixtune.engine.prompt.encode_prompt`, bound by `PrefixModel.insert`)."""
 
 
 class Prefix(nn.Module):

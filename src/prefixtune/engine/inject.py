@@ -34,8 +34,8 @@ from torch import nn
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from prefixtune.errors import PrefixTuneError
-from prefixtune.layout import SlotSpec
+from prefixtune.engine.errors import PrefixTuneError
+from prefixtune.engine.layout import SlotSpec
 
 IMPLEMENTATION = "prefixtune"
 SUPPORTED_INNER = ("sdpa", "eager")
@@ -345,8 +345,8 @@ def attach(model: nn.Module, probe_inputs: dict[str, torch.Tensor]) -> Injector:
 
 def _attach_disentangled(model: nn.Module, implementation: str) -> Injector:
     """The one family outside the AttentionInterface that prefixtune supports: DeBERTa-v2/v3, through
-    hooks on its attention's own projections (see `prefixtune.disentangled` for how and why)."""
-    from prefixtune import disentangled
+    hooks on its attention's own projections (see `prefixtune.engine.disentangled` for how and why)."""
+    from prefixtune.engine import disentangled
 
     found = disentangled.find_slots(model)
     if not found:
@@ -372,7 +372,7 @@ def _no_inner(*args, **kwargs):
 
 def detach(model: nn.Module, injector: Injector) -> None:
     """Undo `attach`: the model runs exactly as before."""
-    from prefixtune import disentangled
+    from prefixtune.engine import disentangled
 
     for module in injector.modules:
         module.__dict__.pop(_BINDING_ATTR, None)
