@@ -64,7 +64,7 @@ def build_peers(
     from peft import PrefixTuningConfig, TaskType, get_peft_model
 
     from prefixtune import PrefixConfig, add_prefix, load_base
-    from prefixtune.heads import train_head
+    from prefixtune.train.heads import train_head
 
     torch.manual_seed(seed)
     # every peer is a copy of this one model: the same freshly initialised head for all three

@@ -10,7 +10,7 @@ import torch
 
 from prefixtune import PrefixConfig, add_prefix, load_base, load_prefix
 from prefixtune.cli import main
-from prefixtune.heads import train_head
+from prefixtune.train.heads import head_of, train_head
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def test_cli_trains_evaluates_and_classifies_on_sst2(tmp_path, capsys):
     assert main([*args, "--steps", "6", "--eval-every", "3", "--batch-size", "16", "--quiet"]) == 0
     capsys.readouterr()
     base, _ = load_base("minilm-l6", task="sequence-classification")
-    assert load_prefix(base, run / "prefix").head_pooling == "mean"  # the default, saved with the head
+    assert head_of(load_prefix(base, run / "prefix")).pooling == "mean"  # the default, saved with the head
     assert main(["evaluate", "--prefix", str(run / "prefix"), "--data", str(dev)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("accuracy ") and "(32 examples" in out

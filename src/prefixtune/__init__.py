@@ -16,9 +16,10 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from prefixtune.api import add_prefix, load_prefix
+    from prefixtune.api import load_prefix
     from prefixtune.engine.config import PrefixConfig
     from prefixtune.engine.model import PrefixModel
+    from prefixtune.engine.wrap import add_prefix
     from prefixtune.errors import PrefixTuneError
     from prefixtune.loading import load_base
 
@@ -26,7 +27,7 @@ _EXPORTS = {
     "PrefixConfig": "prefixtune.engine.config",
     "PrefixModel": "prefixtune.engine.model",
     "PrefixTuneError": "prefixtune.engine.errors",
-    "add_prefix": "prefixtune.api",
+    "add_prefix": "prefixtune.engine.wrap",
     "load_base": "prefixtune.loading",
     "load_prefix": "prefixtune.api",
 }

@@ -102,7 +102,7 @@ def load_base(
         dtype: The dtype of the returned model's parameters.
         task: "causal-lm" (AutoModelForCausalLM), "seq2seq" (AutoModelForSeq2SeqLM), "encoder" (AutoModel),
             "sequence-classification" or "token-classification" (the Auto classes of those names: the
-            head is freshly initialised when the folder holds none, see `prefixtune.heads`).
+            head is freshly initialised when the folder holds none, see `prefixtune.train.heads`).
         num_labels: classes of a classification head (default: the folder's config, else 2).
 
     Returns:

@@ -12,7 +12,7 @@ from encoders import make_encoder
 from synthetic import word_tokenizer
 
 from prefixtune.cli import main
-from prefixtune.heads import HEAD_FILE
+from prefixtune.train.heads import HEAD_FILE
 
 
 def _write(path: Path, rows: list[tuple[str, str]], delimiter: str = "\t") -> Path:

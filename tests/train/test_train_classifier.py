@@ -13,9 +13,9 @@ from encoders import make_encoder
 from synthetic import word_tokenizer
 
 from prefixtune import add_prefix
-from prefixtune.heads import train_head
 from prefixtune.train.classify import _Order, _tokenize, train_classifier
 from prefixtune.train.classify_config import ClassifyConfig
+from prefixtune.train.heads import train_head
 
 ROWS = [(f"w{10 + i % 3} w{30 + i} w{40 + i % 7}", "good" if i % 2 else "bad") for i in range(16)]
 

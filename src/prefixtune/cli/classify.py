@@ -66,7 +66,7 @@ def run_train_classifier(args: argparse.Namespace) -> int:
 # -- evaluate and classify ----------------------------------------------------------------------------
 def is_classifier(prefix: str | None) -> bool:
     """A prefix folder holding a trained head is a classifier."""
-    from prefixtune.heads import HEAD_FILE
+    from prefixtune.train.heads import HEAD_FILE
 
     return bool(prefix) and (Path(prefix) / HEAD_FILE).is_file()
 
@@ -75,8 +75,8 @@ def load_classifier(prefix: str, base: str | None):
     """The base encoder with the prefix and its head, the tokenizer, and the label names."""
     from prefixtune import load_prefix
     from prefixtune.engine.storage import read_meta
-    from prefixtune.heads import saved_labels
     from prefixtune.loading import load_base
+    from prefixtune.train.heads import saved_labels
 
     read_meta(Path(prefix))  # a bad prefix folder fails before the model loads
     labels = saved_labels(Path(prefix))

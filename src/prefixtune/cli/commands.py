@@ -77,8 +77,8 @@ def _add_generation_options(parser: argparse.ArgumentParser, beams: int) -> None
 def _load_model(args: argparse.Namespace):
     """The base model with the prefix loaded (or, with --no-prefix, with none)."""
     from prefixtune import load_prefix
-    from prefixtune.api import wrap
     from prefixtune.engine.storage import read_meta
+    from prefixtune.engine.wrap import wrap
     from prefixtune.loading import load_base
     from prefixtune.train.seq2seq import guess_task
 

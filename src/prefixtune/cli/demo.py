@@ -26,8 +26,8 @@ def setup_demo(parser: argparse.ArgumentParser) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from prefixtune import load_prefix
-    from prefixtune.api import wrap
     from prefixtune.data import bundled_e2e, read_dataset
+    from prefixtune.engine.wrap import wrap
     from prefixtune.loading import load_base
     from prefixtune.train import TrainConfig, evaluate_prefix, train
 

@@ -56,7 +56,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from prefixtune import load_prefix
-    from prefixtune.api import wrap
+    from prefixtune.engine.wrap import wrap
     from prefixtune.loading import load_base
     from prefixtune.serve import ServeConfig, create_app
 

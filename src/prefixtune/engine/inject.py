@@ -411,7 +411,7 @@ def slot_kind(
     """Whether a probed attention call is `self`, `decoder` or `cross` attention (see `SlotSpec.kind`).
 
     Read off the sequence lengths, not off module attributes: the probe gives an encoder-decoder
-    model an encoder input and a decoder input of different lengths (`api.probe_inputs`), so the
+    model an encoder input and a decoder input of different lengths (`wrap.probe_inputs`), so the
     query comes from the decoder exactly when its length is the decoder's, and the keys from the
     encoder exactly when theirs is the encoder's. This holds for any family (BART's modules know
     `is_decoder` but not whether they are cross-attention; T5's only through its config), and it

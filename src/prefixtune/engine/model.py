@@ -10,6 +10,7 @@ import contextlib
 import functools
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -22,11 +23,23 @@ from prefixtune.engine.inject import Injector, PrefixBatch, detach
 from prefixtune.engine.layout import SlotLayout
 from prefixtune.engine.positions import PositionHook
 from prefixtune.engine.prefix import Prefix
+from prefixtune.engine.storage import Extra, save_prefix
 
 DEFAULT_NAME = "default"
 RowPrefixes = str | Sequence[str | None] | None
 """What the `prefix=` argument takes: one name for every row, one name (or None) per row, or None
 for the default prefix on every row."""
+
+
+class Attachment(Protocol):
+    """What code outside the engine keeps on a PrefixModel (`PrefixModel.attachments`), e.g. a task
+    head: saved with every prefix, and let go of when the model is unloaded."""
+
+    def extra(self) -> Extra | None:
+        """The tensors to save beside each prefix as `NAME.safetensors` (None: nothing to save)."""
+
+    def release(self) -> None:
+        """Undo what it did to the base model that `unload` must not leave behind (hooks)."""
 
 
 class PrefixModel(nn.Module):
@@ -43,13 +56,10 @@ class PrefixModel(nn.Module):
         self.layout = SlotLayout(injector.slots)
         self.prefixes = nn.ModuleDict()
         self.default_prefix: str | None = None
-        self.head_names: tuple[str, ...] = ()
-        """The base's top-level modules that form a task head trained with the prefixes (see
-        `prefixtune.heads`); saved with every prefix. Empty: the whole base is frozen."""
-        self.head_pooling = "first"
-        """What the sequence head reads: the first token, or the mean of the real tokens (`mean`)."""
-        self._pooling_handle = None
-        self._hook = PositionHook(self)
+        self.attachments: dict[str, Attachment] = {}
+        """Name -> state that other code keeps on this model; each is saved with every prefix as
+        `NAME.safetensors` (see `storage.Extra`) and released by `unload`."""
+        self._hook = PositionHook(injector, base.config)
         self._hook_handle = base.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     # -- the bank -------------------------------------------------------------------------------
@@ -356,8 +366,6 @@ class PrefixModel(nn.Module):
 
     def save(self, path: str | Path, name: str | None = None, include_trainable: bool = False) -> Path:
         """Write one prefix (default: the default prefix) as a prefix folder; see `storage`."""
-        from prefixtune.engine.storage import save_prefix
-
         name = name or self.default_prefix
         if name is None:
             raise PrefixTuneError("nothing to save: this PrefixModel holds no prefix")
@@ -369,13 +377,16 @@ class PrefixModel(nn.Module):
                 "base with load_state_dict, and save that one"
             )
         self._check_names([name])
-        return save_prefix(self, name, Path(path), include_trainable=include_trainable)
+        extras = {key: attachment.extra() for key, attachment in self.attachments.items()}
+        kept = {key: extra for key, extra in extras.items() if extra is not None}
+        return save_prefix(self, name, Path(path), include_trainable=include_trainable, extras=kept)
 
     def unload(self) -> nn.Module:
         """Detach all prefixes and give back the base model, running exactly as before."""
         self._hook_handle.remove()
-        if self._pooling_handle is not None:
-            self._pooling_handle.remove()
+        for attachment in self.attachments.values():
+            attachment.release()
+        self.attachments.clear()
         detach(self.base, self.injector)
         return self.base
 

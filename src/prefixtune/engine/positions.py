@@ -8,33 +8,36 @@ Li & Liang's code do, needed to reproduce their prefixes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from prefixtune.engine.compat import cache_in
 from prefixtune.engine.errors import PrefixTuneError
-from prefixtune.engine.inject import PrefixBatch
-
-if TYPE_CHECKING:
-    from prefixtune.engine.model import PrefixModel
+from prefixtune.engine.inject import Injector, PrefixBatch
 
 
 class PositionHook:
-    """A `register_forward_pre_hook(..., with_kwargs=True)` hook on the base model."""
+    """A `register_forward_pre_hook(..., with_kwargs=True)` hook on the base model.
 
-    def __init__(self, owner: PrefixModel) -> None:
-        self.owner = owner
+    Args:
+        injector: the base model's injector (the current batch's prefixes).
+        config: the base model's config (encoder-decoder or not, context window).
+    """
+
+    def __init__(self, injector: Injector, config: Any) -> None:
+        self.injector = injector
+        self.config = config
 
     def __call__(self, module, args: tuple, kwargs: dict[str, Any]):
-        batch = self.owner.injector.current
+        batch = self.injector.current
         # where this forward's queries sit in the stream: what an infix (`PrefixBatch.seen_from`) needs
-        self.owner.injector.query_start = _past_length(kwargs)
+        self.injector.query_start = _past_length(kwargs)
         # No prefix here takes a position: encoder-decoder prefixes (`shifted` is refused in
         # model._check_positions) take no place in BART's position table, and an encoder's prefix is
         # seen by every query whatever the padding, while its own position ids (RoBERTa's start after
         # the padding index) must not be renumbered.
-        if batch is None or self.owner.config.is_encoder_decoder or self.owner.injector.bidirectional:
+        if batch is None or self.config.is_encoder_decoder or self.injector.bidirectional:
             return None
         tokens = kwargs.get("input_ids", args[0] if args else None)
         if tokens is None:
@@ -59,7 +62,7 @@ class PositionHook:
 
     def check_generation_length(self, batch: PrefixBatch | None, input_ids, kwargs: dict[str, Any]) -> None:
         """Fail before generating, not midway, if prefix + prompt + new tokens overflow the window."""
-        if batch is None or input_ids is None or self.owner.config.is_encoder_decoder:
+        if batch is None or input_ids is None or self.config.is_encoder_decoder:
             return
         new = kwargs.get("max_new_tokens")
         if new is None:
@@ -67,7 +70,7 @@ class PositionHook:
         self._check_window(batch.length + input_ids.shape[1] + new)
 
     def _check_window(self, total: int) -> None:
-        window = getattr(self.owner.config, "max_position_embeddings", None)
+        window = getattr(self.config, "max_position_embeddings", None)
         if window is not None and total > window:
             raise PrefixTuneError(
                 f"prefix plus input is {total} positions but the model's context window is {window}; "

@@ -6,6 +6,11 @@ file is the few hundred KB the paper promises. `trainable.safetensors` (optional
 reparametrisation's own weights so that training can continue where it stopped.
 `prefix_config.json` holds the config, the position convention, the slots and a fingerprint of the
 base model, checked on load so a prefix is never silently applied to a model it was not made for.
+
+Code outside the engine can keep its own tensors with every prefix (a classifier's head,
+`train/heads.py`): each `Extra` handed to `save_prefix` becomes `NAME.safetensors` in the same folder,
+written in the same atomic swap, and `read_extra` gives it back. What those tensors mean is no
+business of this module.
 """
 
 from __future__ import annotations
@@ -14,17 +19,18 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from prefixtune.engine.config import PrefixConfig
 from prefixtune.engine.errors import PrefixTuneError
 from prefixtune.engine.layout import SlotSpec, select_slots
 from prefixtune.engine.prefix import Prefix
-from prefixtune.heads import HEAD_FILE, save_head
 
 if TYPE_CHECKING:
     from prefixtune.engine.model import PrefixModel
@@ -35,11 +41,35 @@ TRAINABLE_FILE = "trainable.safetensors"
 FORMAT = "prefixtune-prefix"
 FORMAT_VERSION = 1
 _SAMPLES_PER_TENSOR = 16
+EXTRA_SUFFIX = ".safetensors"
 
 
-def save_prefix(model: PrefixModel, name: str, path: Path, include_trainable: bool = False) -> Path:
-    """Write prefix `name` of `model` to the folder `path`, atomically (a new folder is swapped in)."""
+@dataclass(frozen=True)
+class Extra:
+    """Tensors that travel with a saved prefix in a file of their own, `NAME.safetensors`."""
+
+    tensors: dict[str, torch.Tensor]
+    """What the file holds (written as given: the caller picks dtype and device)."""
+    metadata: dict[str, str]
+    """Strings stored in the file's safetensors header."""
+
+
+def save_prefix(
+    model: PrefixModel,
+    name: str,
+    path: Path,
+    include_trainable: bool = False,
+    extras: dict[str, Extra] | None = None,
+) -> Path:
+    """Write prefix `name` of `model` to the folder `path`, atomically (a new folder is swapped in).
+
+    Args:
+        extras: file name (without `.safetensors`) -> tensors to keep beside the prefix (see `Extra`).
+    """
     _check_target(path)
+    extras = extras or {}
+    for extra_name in extras:
+        _check_extra_name(extra_name)
     prefix = model.prefixes[name]
     with torch.no_grad():
         pairs = prefix.slot_tensors()
@@ -61,7 +91,8 @@ def save_prefix(model: PrefixModel, name: str, path: Path, include_trainable: bo
             # (a folded prompt's flat state is its keys/values, already in TENSORS_FILE)
             state = {k: v.detach().float().cpu().contiguous() for k, v in prefix.reparam.state_dict().items()}
             save_file(state, staging / TRAINABLE_FILE, metadata={"reparam": prefix.config.reparam})
-        save_head(model, staging)  # a classifier's trained head (P-Tuning v2); nothing otherwise
+        for extra_name, extra in extras.items():
+            save_file(extra.tensors, staging / f"{extra_name}{EXTRA_SUFFIX}", metadata=extra.metadata)
         (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         _swap_in(staging, path)
     finally:
@@ -117,6 +148,32 @@ def read_meta(path: Path) -> dict[str, Any]:
         if field not in meta:
             raise PrefixTuneError(f"{config_file} lacks the field {field!r}")
     return meta
+
+
+def read_extra(path: Path, name: str) -> Extra | None:
+    """The `Extra` saved as `NAME.safetensors` in a prefix folder, or None when it has none."""
+    file = path / f"{name}{EXTRA_SUFFIX}"
+    if not file.is_file():
+        return None
+    tensors = _load_tensors(file)
+    with safe_open(str(file), "pt") as handle:
+        metadata = handle.metadata() or {}
+    return Extra(tensors, metadata)
+
+
+def extra_names(path: Path) -> list[str]:
+    """The extras a prefix folder holds (its `.safetensors` files besides the prefix's own)."""
+    own = (TENSORS_FILE, TRAINABLE_FILE)
+    return sorted(
+        f.name.removesuffix(EXTRA_SUFFIX)
+        for f in path.glob(f"*{EXTRA_SUFFIX}")
+        if f.is_file() and f.name not in own and not f.name.startswith(".")
+    )
+
+
+def _check_extra_name(name: str) -> None:
+    if not name.isidentifier() or f"{name}{EXTRA_SUFFIX}" in (TENSORS_FILE, TRAINABLE_FILE):
+        raise ValueError(f"{name!r} cannot name an extra file of a prefix folder")
 
 
 def check_fits(meta: dict[str, Any], model: PrefixModel, check_weights: bool) -> None:
@@ -251,8 +308,9 @@ def fold_folder(source: Path, target: Path) -> dict[str, Any]:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         save_file(tensors, staging / TENSORS_FILE, metadata={"format": FORMAT})
-        if (source / HEAD_FILE).is_file():  # a classifier's head is part of what the prefix means
-            shutil.copyfile(source / HEAD_FILE, staging / HEAD_FILE)
+        for extra_name in extra_names(source):  # what other code keeps with the prefix goes with it
+            file = f"{extra_name}{EXTRA_SUFFIX}"
+            shutil.copyfile(source / file, staging / file)
         (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         _swap_in(staging, target)
     finally:

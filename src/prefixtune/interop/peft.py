@@ -183,9 +183,9 @@ def insert_peft_prefix(
 ) -> PrefixModel:
     """Put a prefix in PEFT's layout into the bank of `model` (a base model or a `PrefixModel`) as
     a flat `positions="shifted"` prefix called `name`; `where` names its source in errors."""
-    from prefixtune.api import wrap
     from prefixtune.engine.model import PrefixModel
     from prefixtune.engine.prefix import Prefix
+    from prefixtune.engine.wrap import wrap
 
     fresh = not isinstance(model, PrefixModel)
     prefix_model = wrap(model) if fresh else model

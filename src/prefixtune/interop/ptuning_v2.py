@@ -43,7 +43,7 @@ def import_ptuning_v2(
         name: its name in the bank (default: "default" on a fresh model, else the path's name).
         trainable: make the (flat) prefix a trainable parameter, to go on training it.
     """
-    from prefixtune.api import wrap
+    from prefixtune.engine.wrap import wrap
 
     where = str(path)
     embeddings = read_ptuning_v2_prefix(path)

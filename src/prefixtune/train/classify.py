@@ -19,13 +19,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from prefixtune.api import add_prefix
 from prefixtune.data import Example, read_dataset
+from prefixtune.engine.wrap import add_prefix
 from prefixtune.errors import PrefixTuneError
-from prefixtune.heads import train_head
 from prefixtune.train import report
 from prefixtune.train.classify_config import ClassifyConfig
 from prefixtune.train.dropout import dropout_off
+from prefixtune.train.heads import train_head
 from prefixtune.train.loop import PREFIX_DIR, RUN_FILE, TrainResult, _Interrupt, _warmup_then_decay
 
 TASK = "sequence-classification"

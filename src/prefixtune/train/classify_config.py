@@ -11,7 +11,7 @@ from typing import Any
 
 from prefixtune.engine.config import PrefixConfig
 from prefixtune.errors import PrefixTuneError
-from prefixtune.heads import POOLINGS
+from prefixtune.train.heads import POOLINGS
 
 DROPOUT_CHOICES = ("off", "on")
 

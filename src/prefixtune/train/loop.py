@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from prefixtune.api import add_prefix
 from prefixtune.data import Example, read_dataset
+from prefixtune.engine.wrap import add_prefix
 from prefixtune.errors import PrefixTuneError
 from prefixtune.train import distributed, report
 from prefixtune.train.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint

@@ -9,7 +9,14 @@ from encoders import make_encoder, right_pad
 
 from prefixtune import PrefixConfig, PrefixTuneError, add_prefix, load_prefix
 from prefixtune.engine.storage import fold_folder
-from prefixtune.heads import HEAD_FILE, head_parameters, saved_labels, set_pooling, train_head
+from prefixtune.train.heads import (
+    HEAD_FILE,
+    head_of,
+    head_parameters,
+    saved_labels,
+    set_pooling,
+    train_head,
+)
 
 CONFIG = PrefixConfig(length=4, reparam="flat", seed=0)
 
@@ -24,7 +31,7 @@ def _classifier(family: str = "bert", head: str = "sequence", labels: int = 3, s
 def test_only_prefix_and_head_train_and_get_gradients(family):
     model = _classifier(family)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    head = set(model.head_names)
+    head = set(head_of(model).names)
     assert trainable == {
         n for n, _ in model.named_parameters() if n.startswith("prefixes.") or n.split(".")[1] in head
     }
@@ -159,7 +166,7 @@ def test_mean_pooling_ignores_padding_and_is_restored_on_load(tmp_path):
     torch.testing.assert_close(model(padded, attention_mask=mask).logits[:1], alone, rtol=1e-5, atol=1e-6)
     model.save(tmp_path / "p")
     loaded = load_prefix(make_encoder("bert", head="sequence", labels=3), tmp_path / "p")
-    assert loaded.head_pooling == "mean"
+    assert head_of(loaded).pooling == "mean"
     torch.testing.assert_close(loaded(row).logits, alone, rtol=0, atol=1e-6)
     base = loaded.unload()  # the pooling hook goes with the prefixes
     set_pooling(model, "first")
@@ -171,6 +178,6 @@ def test_mean_pooling_is_refused_for_token_tags_and_unknown_poolings():
     model = add_prefix(make_encoder("bert", head="token", labels=3), CONFIG)
     with pytest.raises(PrefixTuneError, match="labels every token"):
         train_head(model, pooling="mean")
-    assert model.head_pooling == "first" and model._pooling_handle is None  # the refusal changed nothing
+    assert head_of(model) is None  # the refusal changed nothing: pooling first, no hook
     with pytest.raises(PrefixTuneError, match="pooling must be one of first, mean"):
         train_head(model, pooling="max")

@@ -9,7 +9,15 @@ import torch
 from conftest import make_model, random_ids
 
 from prefixtune import PrefixConfig, PrefixTuneError, add_prefix, load_prefix
-from prefixtune.engine.storage import CONFIG_FILE, TENSORS_FILE, TRAINABLE_FILE
+from prefixtune.engine.storage import (
+    CONFIG_FILE,
+    TENSORS_FILE,
+    TRAINABLE_FILE,
+    Extra,
+    extra_names,
+    fold_folder,
+    read_extra,
+)
 
 
 def _trained(family: str = "llama", **config):
@@ -152,3 +160,42 @@ def test_saving_again_replaces_the_earlier_prefix(tmp_path):
     loaded = load_prefix(make_model("llama"), tmp_path / "p")
     assert loaded.prefixes["default"].materialise().abs().max() == 0
     assert [p.name for p in tmp_path.iterdir()] == ["p"]  # no staging folders left behind
+
+
+class _Notes:
+    """An attachment as code outside the engine would keep one: tensors saved with every prefix."""
+
+    def __init__(self, tensors):
+        self.tensors, self.released = tensors, 0
+
+    def extra(self):
+        return Extra(self.tensors, {"what": "notes"}) if self.tensors else None
+
+    def release(self):
+        self.released += 1
+
+
+def test_attachments_travel_with_every_saved_prefix(tmp_path):
+    model = _trained()
+    notes = model.attachments["notes"] = _Notes({"w": torch.arange(6.0).view(2, 3)})
+    model.attachments["empty"] = _Notes({})  # nothing to save: no file
+    model.save(tmp_path / "p")
+    assert {p.name for p in (tmp_path / "p").iterdir()} == {CONFIG_FILE, TENSORS_FILE, "notes.safetensors"}
+    assert extra_names(tmp_path / "p") == ["notes"]
+    saved = read_extra(tmp_path / "p", "notes")
+    assert saved.metadata == {"what": "notes"}
+    torch.testing.assert_close(saved.tensors["w"], notes.tensors["w"], rtol=0, atol=0)
+    assert read_extra(tmp_path / "p", "other") is None
+    fold_folder(tmp_path / "p", tmp_path / "folded")  # a folded copy keeps them
+    assert extra_names(tmp_path / "folded") == ["notes"]
+    base = model.unload()
+    assert notes.released == 1 and not model.attachments
+    assert not any(p.requires_grad for p in base.parameters())
+
+
+def test_an_extra_cannot_overwrite_the_prefix_files(tmp_path):
+    model = _trained()
+    model.attachments["prefix"] = _Notes({"w": torch.zeros(1)})
+    with pytest.raises(ValueError, match="cannot name an extra"):
+        model.save(tmp_path / "p")
+    assert not (tmp_path / "p").exists()

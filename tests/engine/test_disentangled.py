@@ -9,7 +9,7 @@ from encoders import right_pad
 from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, DebertaV2Model
 
 from prefixtune import PrefixConfig, PrefixTuneError, add_prefix, load_prefix
-from prefixtune.heads import head_parameters, train_head
+from prefixtune.train.heads import head_parameters, train_head
 
 ATOL = 1e-5
 STYLES = {

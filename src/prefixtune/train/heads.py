@@ -6,9 +6,10 @@ linear layer on the pooled first token; RoBERTa/ELECTRA: dense, tanh, linear on 
 token classification: a linear layer on every token). The prefix and the head are trained; the
 backbone, pooler included, stays frozen, as P-Tuning v2 does.
 
-The head is saved with the prefix as `head.safetensors` and restored by `load_prefix`. It belongs to
-the base model, so a PrefixModel has one head, shared by all its prefixes: rows of one batch can
-carry different prefixes but not different heads.
+The head is saved with the prefix as `head.safetensors` and restored by `load_prefix`: a `Head` kept
+in `PrefixModel.attachments["head"]`, which the engine saves with every prefix without knowing what
+it is. It belongs to the base model, so a PrefixModel has one head, shared by all its prefixes: rows
+of one batch can carry different prefixes but not different heads.
 
 Where this departs from P-Tuning v2: its code applies dropout to the prefix keys/values while
 training; here the prefix gets none (only the frozen model's own dropout runs, unless the classifier
@@ -28,21 +29,75 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
+from prefixtune.engine.model import PrefixModel
+from prefixtune.engine.storage import Extra, read_extra
 from prefixtune.errors import PrefixTuneError
 
-if TYPE_CHECKING:
-    from prefixtune.engine.model import PrefixModel
-
-HEAD_FILE = "head.safetensors"
+HEAD = "head"
+"""The head's name among `PrefixModel.attachments`, and so its file's: `head.safetensors`."""
+HEAD_FILE = f"{HEAD}.safetensors"
 POOLINGS = ("first", "mean")
+
+
+@dataclass
+class Head:
+    """The task head a PrefixModel trains with its prefixes (an `engine.model.Attachment`)."""
+
+    base: nn.Module
+    names: tuple[str, ...] = ()
+    """The base's top-level modules that form the head, saved with every prefix. Empty: no head is
+    trained (the whole base is frozen)."""
+    pooling: str = "first"
+    """What the sequence head reads: the first token, or the mean of the real tokens (`mean`)."""
+    handle: RemovableHandle | None = None
+    """The mean pooling's forward hook on the backbone, if any."""
+
+    def parameters(self) -> list[nn.Parameter]:
+        modules = dict(self.base.named_children())
+        return [p for name in self.names for p in modules[name].parameters()]
+
+    def extra(self) -> Extra | None:
+        """The trained head's weights, keyed as in the base's state dict (None when no head is trained)."""
+        modules = dict(self.base.named_children())
+        state = {
+            f"{name}.{key}": value.detach().float().cpu().contiguous()
+            for name in self.names
+            for key, value in modules[name].state_dict().items()
+        }
+        return Extra(state, self.metadata()) if state else None
+
+    def metadata(self) -> dict[str, str]:
+        labels = {str(k): v for k, v in (getattr(self.base.config, "id2label", None) or {}).items()}
+        return {
+            "architecture": type(self.base).__name__,
+            "id2label": json.dumps(labels),
+            "pooling": self.pooling,
+        }
+
+    def release(self) -> None:
+        """Remove the pooling hook (`PrefixModel.unload` calls this)."""
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+
+def head_of(model: PrefixModel) -> Head | None:
+    """The head `train_head`, `set_pooling` or `load_prefix` put on `model`, or None."""
+    return model.attachments.get(HEAD)  # type: ignore[return-value]
+
+
+def _head(model: PrefixModel) -> Head:
+    head = head_of(model)
+    if head is None:
+        head = model.attachments[HEAD] = Head(model.base)
+    return head
 
 
 def head_modules(base: nn.Module) -> dict[str, nn.Module]:
@@ -62,8 +117,8 @@ def head_modules(base: nn.Module) -> dict[str, nn.Module]:
 
 def head_parameters(model: PrefixModel) -> list[nn.Parameter]:
     """The parameters of the head this PrefixModel trains (none before `train_head`)."""
-    modules = dict(model.base.named_children())
-    return [p for name in model.head_names for p in modules[name].parameters()]
+    head = head_of(model)
+    return head.parameters() if head is not None else []
 
 
 def train_head(
@@ -86,7 +141,7 @@ def train_head(
                 torch.manual_seed(seed)
             for module in head.values():
                 module.apply(model.base._init_weights)
-    model.head_names = tuple(head)
+    _head(model).names = tuple(head)
     params = head_parameters(model)
     for param in params:
         param.requires_grad_(True)
@@ -102,13 +157,12 @@ def set_pooling(model: PrefixModel, pooling: str) -> None:
             f"pooling='mean' is for sequence classification; {type(model.base).__name__} labels every "
             "token, so use pooling='first'"
         )
-    if model._pooling_handle is not None:
-        model._pooling_handle.remove()
-        model._pooling_handle = None
-    model.head_pooling = pooling
+    head = _head(model)
+    head.release()
+    head.pooling = pooling
     if pooling == "mean":
         backbone = getattr(model.base, model.base.base_model_prefix)
-        model._pooling_handle = backbone.register_forward_hook(_mean_into_first, with_kwargs=True)
+        head.handle = backbone.register_forward_hook(_mean_into_first, with_kwargs=True)
 
 
 def _mean_into_first(backbone: nn.Module, args: tuple, kwargs: dict, output):
@@ -129,43 +183,13 @@ def _mean_into_first(backbone: nn.Module, args: tuple, kwargs: dict, output):
     return output
 
 
-def head_state(model: PrefixModel) -> dict[str, torch.Tensor]:
-    """The trained head's weights, keyed as in the base's state dict (empty when no head is trained)."""
-    modules = dict(model.base.named_children())
-    return {
-        f"{name}.{key}": value.detach().float().cpu().contiguous()
-        for name in model.head_names
-        for key, value in modules[name].state_dict().items()
-    }
-
-
-def head_metadata(model: PrefixModel) -> dict[str, str]:
-    config = model.base.config
-    labels = {str(k): v for k, v in (getattr(config, "id2label", None) or {}).items()}
-    return {
-        "architecture": type(model.base).__name__,
-        "id2label": json.dumps(labels),
-        "pooling": model.head_pooling,
-    }
-
-
-def save_head(model: PrefixModel, folder: Path) -> None:
-    """Write `head.safetensors` into `folder` (a file written whole, then renamed into place)."""
-    state = head_state(model)
-    if not state:
-        return
-    temporary = folder / f".{HEAD_FILE}.tmp"
-    save_file(state, temporary, metadata=head_metadata(model))
-    os.replace(temporary, folder / HEAD_FILE)
-
-
 def load_head(model: PrefixModel, folder: Path, trainable: bool = False) -> None:
     """Restore the head saved in `folder` into the base model, or fail naming the mismatch."""
     file = folder / HEAD_FILE
-    try:
-        state = load_file(str(file))
-    except Exception as err:  # safetensors raises its own error types for corrupt files
-        raise PrefixTuneError(f"{file} is corrupt or truncated ({err}); save the prefix again") from err
+    saved = read_extra(folder, HEAD)
+    if saved is None:
+        raise PrefixTuneError(f"{file} is missing")
+    state = saved.tensors
     head = head_modules(model.base)
     names = sorted({key.split(".", 1)[0] for key in state})
     if not set(names) <= set(head):
@@ -184,23 +208,16 @@ def load_head(model: PrefixModel, folder: Path, trainable: bool = False) -> None
     with torch.no_grad():
         for key, value in state.items():
             own[key].copy_(value)
-    set_pooling(model, _saved_metadata(file).get("pooling", "first"))  # heads saved before: first token
-    model.head_names = tuple(names)
+    set_pooling(model, saved.metadata.get("pooling", "first"))  # heads saved before: first token
+    _head(model).names = tuple(names)
     for param in head_parameters(model):
         param.requires_grad_(trainable)
 
 
 def saved_labels(folder: Path) -> dict[int, str] | None:
     """The label names stored with a saved head, or None when the folder holds no head."""
-    file = folder / HEAD_FILE
-    if not file.is_file():
+    saved = read_extra(folder, HEAD)
+    if saved is None:
         return None
-    labels = json.loads(_saved_metadata(file).get("id2label", "{}"))
+    labels = json.loads(saved.metadata.get("id2label", "{}"))
     return {int(k): v for k, v in labels.items()}
-
-
-def _saved_metadata(file: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(file), "pt") as handle:
-        return handle.metadata() or {}

@@ -1,0 +1,54 @@
+"""A Hugging Face model becomes a `PrefixModel`: `wrap` it, then `add_prefix`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prefixtune.engine.config import PrefixConfig
+from prefixtune.engine.errors import PrefixTuneError
+from prefixtune.engine.inject import attach
+from prefixtune.engine.model import DEFAULT_NAME, PrefixModel
+
+
+def add_prefix(
+    model: nn.Module | PrefixModel,
+    config: PrefixConfig | None = None,
+    *,
+    tokenizer=None,
+    name: str = DEFAULT_NAME,
+) -> PrefixModel:
+    """Freeze `model` and give every attention layer a trainable prefix called `name`.
+
+    Args:
+        model: a Hugging Face model (loaded with `attn_implementation` "sdpa" or "eager"), or a
+            `PrefixModel`, to which the prefix is added.
+        config: how the prefix is shaped and initialised (default `PrefixConfig()`).
+        tokenizer: needed for `init="text"`.
+        name: the prefix's name; rows of a batch pick prefixes by name (`prefix=`).
+    """
+    config = config or PrefixConfig()
+    prefix_model = model if isinstance(model, PrefixModel) else wrap(model)
+    prefix_model.add(name, config, tokenizer)
+    return prefix_model
+
+
+def wrap(model: nn.Module) -> PrefixModel:
+    """Freeze `model`, switch it to the prefixtune attention and return an empty `PrefixModel`."""
+    if not hasattr(model, "config") or not hasattr(model, "get_input_embeddings"):
+        raise PrefixTuneError(f"expected a Hugging Face transformers model, got {type(model).__name__}")
+    model.requires_grad_(False)
+    injector = attach(model, probe_inputs(model))
+    return PrefixModel(model, injector)
+
+
+def probe_inputs(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A tiny valid input: a few token ids that exist in any vocabulary."""
+    vocab = model.get_input_embeddings().num_embeddings
+    device = next(model.parameters()).device
+    ids = torch.arange(1, 4, device=device).clamp(max=vocab - 1)[None]  # (1, 3)
+    inputs = {"input_ids": ids}
+    if getattr(model.config, "is_encoder_decoder", False):
+        # shorter than the encoder's input: `inject.slot_kind` tells the attention kinds apart by length
+        inputs["decoder_input_ids"] = ids[:, :2]
+    return inputs

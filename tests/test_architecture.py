@@ -1,0 +1,171 @@
+"""The package's layers, read off the source with `ast` (docs/ARCHITECTURE.md says what each does).
+
+- The engine (`prefixtune/engine/`) imports nothing from the rest of prefixtune.
+- No import cycle among modules: top-level and function-level imports, not those for type checking.
+- The packages form layers: each imports only from the layers its row of `LAYERS` names, type
+  checking included, so no two packages import each other.
+- The engine keeps no module-level mutable state: what changes lives on objects.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = SRC / "prefixtune"
+ENGINE = PACKAGE / "engine"
+
+LAYERS: dict[str, set[str]] = {
+    "engine": set(),
+    "errors": {"engine"},
+    "data": {"errors"},
+    "metrics": {"errors"},
+    "loading": {"errors"},
+    "train": {"engine", "errors", "data", "metrics", "loading"},
+    "api": {"engine", "train"},
+    "interop": {"engine", "errors"},
+    "serve": {"engine", "errors", "api"},
+    "sweep": {"engine", "errors", "loading", "train"},
+    "cli": {"engine", "errors", "data", "loading", "train", "api", "interop", "serve", "sweep"},
+    "__main__": {"cli"},
+    "prefixtune": {"engine", "errors", "loading", "api"},
+}
+"""Each part of prefixtune (a subpackage, a module at its root, or the root package itself, whose
+lazy public names only `cli` imports) -> the parts it may import."""
+
+
+def _module_name(file: Path) -> str:
+    parts = list(file.relative_to(SRC).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(f): f for f in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    )
+
+
+def imported(module: str, *, type_checking: bool) -> list[tuple[str, int]]:
+    """The prefixtune modules `module` imports, anywhere in it (functions too), with line numbers.
+
+    `from a.b import c` counts as importing `a.b.c` when that is a module, else `a.b`; relative
+    imports are resolved. Imports under `if TYPE_CHECKING:` count only when `type_checking`.
+    """
+    file = MODULES[module]
+    package = module if file.name == "__init__.py" else module.rpartition(".")[0]
+    found: list[tuple[str, int]] = []
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if _is_type_checking(child) and not type_checking:
+                for other in child.orelse:  # type: ignore[attr-defined]
+                    visit(other)
+                continue
+            if isinstance(child, ast.Import):
+                found.extend((alias.name, child.lineno) for alias in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    anchor = package.rsplit(".", child.level - 1)[0] if child.level > 1 else package
+                    base = f"{anchor}.{base}" if base else anchor
+                for alias in child.names:
+                    full = f"{base}.{alias.name}"
+                    found.append((full if full in MODULES else base, child.lineno))
+            visit(child)
+
+    visit(ast.parse(file.read_text(encoding="utf-8")))
+    return [(name, line) for name, line in found if name == "prefixtune" or name.startswith("prefixtune.")]
+
+
+def _graph(*, type_checking: bool) -> dict[str, set[str]]:
+    """Module -> the modules importing it runs first: each one imported and the packages above it
+    (a package that `module` itself sits in is already being imported, so it adds no edge)."""
+    edges: dict[str, set[str]] = {m: set() for m in MODULES}
+    for module in MODULES:
+        for name, _ in imported(module, type_checking=type_checking):
+            parts = name.split(".")
+            for depth in range(1, len(parts) + 1):
+                target = ".".join(parts[:depth])
+                if target in MODULES and not f"{module}.".startswith(f"{target}."):
+                    edges[module].add(target)
+    return edges
+
+
+def _find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, str] = {}
+    path: list[str] = []
+
+    def walk(node: str) -> list[str] | None:
+        state[node] = "open"
+        path.append(node)
+        for target in sorted(edges.get(node, ())):
+            if state.get(target) == "open":
+                return path[path.index(target) :] + [target]
+            if target not in state and (cycle := walk(target)):
+                return cycle
+        state[node] = "done"
+        path.pop()
+        return None
+
+    for node in sorted(edges):
+        if node not in state and (cycle := walk(node)):
+            return cycle
+    return None
+
+
+def _part(module: str) -> str:
+    """`prefixtune.train.loop` -> `train`; `prefixtune.api` -> `api`; the root package -> `prefixtune`."""
+    return module.split(".")[1] if "." in module else module
+
+
+def test_the_engine_imports_nothing_from_the_rest_of_prefixtune():
+    engine_files = [m for m in MODULES if m == "prefixtune.engine" or m.startswith("prefixtune.engine.")]
+    assert len(engine_files) > 10
+    outside = [
+        f"{MODULES[m].relative_to(SRC)}:{line} imports {name}"
+        for m in engine_files
+        for name, line in imported(m, type_checking=True)
+        if not (name == "prefixtune.engine" or name.startswith("prefixtune.engine."))
+    ]
+    assert not outside, "the engine imports from the rest of prefixtune:\n" + "\n".join(outside)
+
+
+def test_no_import_cycle_among_modules():
+    cycle = _find_cycle(_graph(type_checking=False))
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_packages_form_layers():
+    unknown = sorted({_part(m) for m in MODULES} - set(LAYERS))
+    assert not unknown, (
+        f"new parts of prefixtune: give {unknown} a row in LAYERS (tests/test_architecture.py)"
+    )
+    parts: dict[str, set[str]] = {}
+    crossings = []
+    for module, targets in _graph(type_checking=True).items():
+        for target in targets:
+            here, there = _part(module), _part(target)
+            if here == there:
+                continue
+            parts.setdefault(here, set()).add(there)
+            if there not in LAYERS[here] and not (there == "prefixtune" and here == "cli"):
+                crossings.append(f"{module} imports {target}")
+    assert not crossings, "imports against the layers:\n" + "\n".join(sorted(crossings))
+    assert _find_cycle(parts) is None
+
+
+def test_data_and_metrics_load_without_torch():
+    code = (
+        "import sys, prefixtune, prefixtune.errors, prefixtune.data, prefixtune.metrics; "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
