@@ -37,6 +37,21 @@ LAYERS: dict[str, set[str]] = {
 lazy public names only `cli` imports) -> the parts it may import."""
 
 
+MUTABLE_CALLS = {
+    "list",
+    "dict",
+    "set",
+    "bytearray",
+    "defaultdict",
+    "OrderedDict",
+    "deque",
+    "Counter",
+    "ContextVar",
+}
+MUTATORS = {"append", "extend", "insert", "pop", "popitem", "remove", "clear", "update", "setdefault", "add"}
+CACHES = {"cache", "lru_cache"}
+
+
 def _module_name(file: Path) -> str:
     parts = list(file.relative_to(SRC).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -169,3 +184,65 @@ def test_data_and_metrics_load_without_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _mutable(value: ast.AST | None) -> bool:
+    """A container literal, comprehension or constructor call (`[]`, `{}`, `dict()`, `deque()`, ...)."""
+    displays = (ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp)
+    if isinstance(value, displays):
+        return True
+    if isinstance(value, ast.Call):
+        func = value.func
+        return (func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)) in MUTABLE_CALLS
+    return False
+
+
+def _caches(tree: ast.Module) -> list[tuple[int, str]]:
+    """`@cache` / `@lru_cache(...)`: a function's results kept for every caller."""
+    found = []
+    for node in ast.walk(tree):
+        for decorator in getattr(node, "decorator_list", []):
+            named = decorator.func if isinstance(decorator, ast.Call) else decorator
+            name = getattr(named, "id", None) or getattr(named, "attr", None)
+            if name in CACHES:
+                found.append((node.lineno, f"@{name}: a cache shared by every caller"))
+    return found
+
+
+def _shared_state(tree: ast.Module) -> list[tuple[int, str]]:
+    """Where a module keeps state that outlives a call: in its namespace, on a class, in a cache."""
+    found = [(n.lineno, f"global {', '.join(n.names)}") for n in ast.walk(tree) if isinstance(n, ast.Global)]
+    found += _caches(tree)
+
+    def scan(body: list[ast.stmt], where: str) -> None:
+        for stmt in body:
+            if isinstance(stmt, ast.ClassDef):
+                scan(stmt.body, f"class {stmt.name}")
+            elif isinstance(stmt, (ast.If, ast.With, ast.Try)):  # still at this level
+                handlers = [x for h in getattr(stmt, "handlers", []) for x in h.body]
+                scan(
+                    stmt.body + getattr(stmt, "orelse", []) + getattr(stmt, "finalbody", []) + handlers, where
+                )
+            elif isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = getattr(stmt, "targets", [getattr(stmt, "target", None)])
+                if _mutable(stmt.value) or any(isinstance(t, ast.Subscript) for t in targets):
+                    found.append((stmt.lineno, f"a mutable container assigned or changed in {where}"))
+            elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
+                if getattr(stmt.value.func, "attr", None) in MUTATORS:
+                    found.append((stmt.lineno, f"a container mutated in {where}"))
+
+    scan(tree.body, "the module")
+    return found
+
+
+def test_the_engine_keeps_no_module_level_mutable_state():
+    """What changes while prefixtune runs lives on objects (a PrefixModel, its Injector, a probe's
+    recorder), so that two models, threads or tests never share it through a module."""
+    engine = sorted(ENGINE.glob("*.py"))
+    assert len(engine) > 10
+    found = [
+        f"{file.relative_to(SRC)}:{line}: {what}"
+        for file in engine
+        for line, what in _shared_state(ast.parse(file.read_text(encoding="utf-8")))
+    ]
+    assert not found, "module-level state in the engine:\n" + "\n".join(found)

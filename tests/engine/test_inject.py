@@ -7,7 +7,7 @@ import torch
 from conftest import make_model, random_ids
 
 from prefixtune import PrefixConfig, add_prefix
-from prefixtune.engine.inject import extend_mask
+from prefixtune.engine.inject import Binding, extend_mask
 
 ATOL = 1e-5
 
@@ -31,6 +31,20 @@ def test_slots_are_read_off_the_attention_modules(family):
     assert (len(slots), slots[0].kv_heads, slots[0].head_dim) == expected
     names = dict(base.named_modules())
     assert all(s.name in names for s in slots)
+
+
+def test_the_probe_leaves_only_the_bindings_behind(family):
+    """The probe's recorder sits on the model's modules only while it runs (no module-level state):
+    afterwards the attention modules hold their bindings and no other module holds anything."""
+    model = _prefixed(family)
+    held = {name: vars(m).get("_prefixtune_binding") for name, m in model.base.named_modules()}
+    bound = {name for name, binding in held.items() if binding is not None}
+    assert bound == {slot.name for slot in model.layout.slots}
+    assert all(isinstance(held[name], Binding) for name in bound)
+    other = make_model(family)
+    other.set_attn_implementation("prefixtune")  # no probe running: an unbound call is an error
+    with pytest.raises(RuntimeError, match="not bound to a PrefixModel"):
+        other(random_ids(1, 3))
 
 
 def test_masked_out_prefix_gives_the_bare_models_logits(family):

@@ -57,9 +57,7 @@ class PrefixConfig:
     """Seed for the random parts of the initialisation; None uses torch's current generator."""
 
     def __post_init__(self) -> None:
-        from prefixtune.engine.reparam import (
-            REPARAMS,  # late import: reparam imports nothing from here at load
-        )
+        from prefixtune.engine.reparam import REPARAMS  # late: reparam imports nothing from here at load
 
         _check_choice("reparam", self.reparam, tuple(REPARAMS))
         _check_choice("init", self.init, INITS)

@@ -40,7 +40,6 @@ from prefixtune.engine.layout import SlotSpec
 IMPLEMENTATION = "prefixtune"
 SUPPORTED_INNER = ("sdpa", "eager")
 _BINDING_ATTR = "_prefixtune_binding"  # a plain attribute on the attention module (not a submodule)
-_PROBE: list[tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
 
 @dataclass
@@ -145,6 +144,14 @@ class Binding:
     eager: bool
 
 
+@dataclass
+class Probe:
+    """Put on every not yet bound module of a model while `probe` runs: records each attention call."""
+
+    calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    """(module, query, key) per call, in call order."""
+
+
 def prefix_attention(
     module: nn.Module,
     query: torch.Tensor,
@@ -160,9 +167,9 @@ def prefix_attention(
         key, value: (B, H_kv, K, D), real tokens only (cache already merged).
         attention_mask: None, bool (True = attend) or additive float, broadcastable to (B, 1, Q, K).
     """
-    binding: Binding | None = module.__dict__.get(_BINDING_ATTR)
-    if binding is None:
-        return _unbound(module, query, key, value, attention_mask, **kwargs)
+    binding: Binding | Probe | None = module.__dict__.get(_BINDING_ATTR)
+    if not isinstance(binding, Binding):
+        return _unbound(binding, module, query, key, value, attention_mask, **kwargs)
     injector = binding.injector
     if injector.recording is not None:
         kept = (key, value) if injector.record_graph else (key.detach(), value.detach())
@@ -277,13 +284,13 @@ def _as_additive(
     return zeros.masked_fill(~mask, torch.finfo(query.dtype).min)
 
 
-def _unbound(module, query, key, value, attention_mask, **kwargs):
+def _unbound(probe: Probe | None, module, query, key, value, attention_mask, **kwargs):
     """A module that calls `prefixtune` without a binding: only expected during `probe`."""
-    if _PROBE is None:
+    if probe is None:
         raise RuntimeError(
             f"{type(module).__name__} uses the prefixtune attention but is not bound to a PrefixModel"
         )
-    _PROBE.append((module, query, key, value))
+    probe.calls.append((module, query, key))
     return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
 
 
@@ -382,17 +389,19 @@ def detach(model: nn.Module, injector: Injector) -> None:
 
 def probe(model: nn.Module, probe_inputs: dict[str, torch.Tensor]) -> list[tuple[nn.Module, SlotSpec]]:
     """Run one tiny forward and record, in call order, each attention module and its tensor shapes."""
-    global _PROBE
     names = {id(m): n for n, m in model.named_modules()}
-    _PROBE = []
+    recorder = Probe()
+    unbound = [m for m in model.modules() if _BINDING_ATTR not in m.__dict__]
+    for module in unbound:  # the attention function finds the recorder where a binding would be
+        module.__dict__[_BINDING_ATTR] = recorder
     try:
         with torch.no_grad():
             model(**probe_inputs, use_cache=False)
-        calls = _PROBE
     finally:
-        _PROBE = None
+        for module in unbound:
+            module.__dict__.pop(_BINDING_ATTR, None)
     found: dict[int, tuple[nn.Module, SlotSpec]] = {}
-    for module, query, key, _ in calls:
+    for module, query, key in recorder.calls:
         if id(module) not in found:  # a module reused across layers (weight sharing) gets one slot
             spec = SlotSpec(
                 names[id(module)],

@@ -6,6 +6,9 @@ every attention slot (see `layout.SlotLayout`); only what is trained differs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 import torch
 from torch import nn
 
@@ -74,4 +77,5 @@ class PerKindPrefix(nn.Module):
         return grouped.index_select(1, self.order)  # (P, W) in slot order
 
 
-REPARAMS = {"flat": FlatPrefix, "mlp": MlpPrefix}
+REPARAMS: Mapping[str, type[nn.Module]] = MappingProxyType({"flat": FlatPrefix, "mlp": MlpPrefix})
+"""The reparametrisations by name (read-only: the engine keeps no module-level state that changes)."""
