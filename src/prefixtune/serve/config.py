@@ -35,10 +35,13 @@ class ServeConfig:
     """Bearer token every request must send (prefer the PREFIXTUNE_API_KEY variable: a command line
     is visible to other users); unset: no check."""
 
+    max_body_bytes: int = 2 * 1024 * 1024
+    """Largest request body accepted, in bytes; a larger one is answered 413 before it is parsed."""
+
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise PrefixTuneError(f"policy={self.policy!r} is not one of {list(POLICIES)}")
-        for name in ("max_batch", "max_pending"):
+        for name in ("max_batch", "max_pending", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise PrefixTuneError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
