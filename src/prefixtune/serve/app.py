@@ -2,10 +2,11 @@
 
 Routes: `POST /v1/completions` (`model` names a prefix or the base model), `GET /v1/models`,
 `GET /health`, `POST /v1/prefixes` (load a prefix folder) and `DELETE /v1/prefixes/{name}`
-(unload). Every error is OpenAI's error body with a fitting status: 400 for a bad body or parameter
-or a prompt too long for the context, 401 without the API key, 404 for an unknown model, 409 for a
-name already taken, 413 for a body over the limit, 429 when the queue is full, 500 for a request
-whose generation failed (that request only), 503 while shutting down or once the worker has stopped.
+(unload; both off unless the operator names prefix roots). Every error is OpenAI's error body with
+a fitting status: 400 for a bad body or parameter or a prompt too long for the context, 401 without
+the API key, 403 for loading while it is off, 404 for an unknown model, 409 for a name already
+taken, 413 for a body over the limit, 429 when the queue is full, 500 for a request whose generation
+failed (that request only), 503 while shutting down or once the worker has stopped.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from prefixtune.model import PrefixModel
 from prefixtune.serve.config import ServeConfig
 from prefixtune.serve.engine import Engine, Sampling
 from prefixtune.serve.limits import BodyLimit, prompt_char_limit
+from prefixtune.serve.prefixes import NotAllowed, find_prefix_folder, load_for_serving, resolve_roots
 from prefixtune.serve.protocol import (
     CompletionBody,
     LoadBody,
@@ -44,9 +46,13 @@ from prefixtune.serve.protocol import (
 from prefixtune.serve.scheduler import Event, QueueFull, Request, Scheduler, Stopped
 
 _POLL_S = 0.25  # how often a waiting handler checks whether its client is still there
-_KINDS = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-          409: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
-          503: "server_error"}  # fmt: skip
+_KINDS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+          404: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
+          429: "rate_limit_error", 503: "server_error"}  # fmt: skip
+_LOADING_OFF = (
+    "loading and unloading prefixes while serving is off; the operator turns it on by starting the "
+    "server with --prefix-root DIR, and prefixes can then be loaded from folders under DIR"
+)
 
 
 class ApiError(Exception):
@@ -70,6 +76,8 @@ class Served:
     scheduler: Scheduler
     base_name: str
     started: int
+    roots: tuple[Path, ...] = ()
+    """Resolved folders prefixes may be loaded from; none: runtime loading is off."""
     max_prompt_chars: int | None = None
 
 
@@ -78,8 +86,9 @@ def create_app(model: PrefixModel, tokenizer, config: ServeConfig, base_name: st
     engine = Engine(model, tokenizer)
     wait_s = config.max_wait_ms / 1000
     scheduler = Scheduler(engine, config.max_batch, wait_s, config.max_pending, config.policy)
+    roots = resolve_roots(config.prefix_roots)
     chars = prompt_char_limit(tokenizer, engine.window)
-    served = Served(model, tokenizer, scheduler, base_name, int(time.time()), chars)
+    served = Served(model, tokenizer, scheduler, base_name, int(time.time()), roots, chars)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -130,13 +139,17 @@ def _add_model_routes(app: FastAPI, served: Served) -> None:
 
     @app.post("/v1/prefixes")
     async def load(body: LoadBody) -> dict:
+        if not served.roots:
+            raise ApiError(403, _LOADING_OFF, "runtime_loading_disabled")
         if body.name == base_name:
             raise _name_taken(body.name)
-        await _on_worker(scheduler, lambda: _load(model, body))
+        await _on_worker(scheduler, lambda: _load(model, body, served.roots))
         return model_card(body.name, base_name)
 
     @app.delete("/v1/prefixes/{name}")
     async def unload(name: str) -> dict:
+        if not served.roots:
+            raise ApiError(403, _LOADING_OFF, "runtime_loading_disabled")
         if name == base_name:
             raise ApiError(400, f"{name!r} is the base model, which cannot be unloaded")
         _prefix_of(name, model, base_name)
@@ -346,12 +359,15 @@ async def _on_worker(scheduler: Scheduler, job) -> None:
         raise ApiError(400, str(err), "bad_prefix", "path") from None
 
 
-def _load(model: PrefixModel, body: LoadBody) -> None:
-    from prefixtune.api import load_prefix
-
+def _load(model: PrefixModel, body: LoadBody, roots: tuple[Path, ...]) -> None:
+    """Runs on the worker thread: find the folder under `roots`, then load it (nothing else changes)."""
     if body.name in model.prefixes:  # loaded by another request while this one waited
         raise _name_taken(body.name)
-    load_prefix(model, Path(body.path).expanduser(), name=body.name)
+    try:
+        folder = find_prefix_folder(body.path, roots)
+    except NotAllowed as err:  # the same answer whatever the reason: the client may not probe files
+        raise ApiError(400, str(err), "prefix_not_found", "path") from None
+    load_for_serving(model, folder, body.name)
 
 
 def _unload(model: PrefixModel, name: str) -> None:

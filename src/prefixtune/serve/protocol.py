@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from prefixtune.serve.config import name_problem
+
 MAX_STOPS = 4  # as in OpenAI's API
 MAX_STOP_CHARS = 1024
 """Longest stop text: each step searches the text for every stop and holds back a stop's length."""
@@ -78,8 +80,18 @@ class LoadBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
-    path: str = Field(min_length=1)
+    name: str
+    """Letters, digits, `.`, `_` and `-`, starting with a letter or digit; 64 characters at most."""
+    path: str = Field(min_length=1, max_length=4096)
+    """A prefix folder under one of the server's `--prefix-root` folders (absolute, or relative to a root)."""
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        problem = name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 def error_body(message: str, kind: str, code: str | None = None, param: str | None = None) -> dict:
