@@ -187,7 +187,12 @@ def test_malformed_json_and_unknown_routes(server):
     assert _health(server)["status"] == "ok"
 
 
-def test_prefixes_load_and_unload_while_running(server, tmp_path):
+def test_prefixes_load_and_unload_while_running(tmp_path):
+    with ServerThread(prefix_roots=(str(tmp_path),)) as server:
+        _load_and_unload(server, tmp_path)
+
+
+def _load_and_unload(server, tmp_path):
     server.reference.save(tmp_path / "saved", name="a")
     url = f"{server.url}/v1/prefixes"
     loaded = httpx.post(url, json={"name": "c", "path": str(tmp_path / "saved")}, timeout=TIMEOUT)
