@@ -206,7 +206,7 @@ class PrefixModel(nn.Module):
         used = list(dict.fromkeys(n for n in names if n is not None))
         if not used:
             return None
-        batch = self._shared_or_mixed(names, used, rows)
+        batch = self._shared_or_mixed(names, used)
         batch.seen_from = self._seen_from(names, infix_at)
         return batch
 
@@ -225,7 +225,7 @@ class PrefixModel(nn.Module):
         infix_at = torch.as_tensor(infix_at, device=self.device).long().expand(len(names))  # (B,)
         return torch.where(infix, infix_at, 0)
 
-    def _shared_or_mixed(self, names: list[str | None], used: list[str], rows: int) -> PrefixBatch:
+    def _shared_or_mixed(self, names: list[str | None], used: list[str]) -> PrefixBatch:
         if len(used) == 1 and None not in names:  # every row shares one prefix: broadcast, no copies
             only = self.prefixes[used[0]]
             pairs = dict(zip(only.slots, only.slot_tensors(), strict=True))
@@ -233,7 +233,8 @@ class PrefixModel(nn.Module):
             values = [pairs[i][1][None] if i in pairs else None for i in range(len(self.layout.slots))]
             offsets = None
             if only.config.positions == "shifted":
-                offsets = torch.full((rows,), only.length, dtype=torch.long, device=self.device)
+                # one row, like the keys: it broadcasts over beams and returned sequences too
+                offsets = torch.full((1,), only.length, dtype=torch.long, device=self.device)
             return PrefixBatch(keys, values, None, offsets)
         return self._mixed_batch(names, used)
 
