@@ -123,6 +123,57 @@ def test_train_rejects_bad_data_with_a_clear_message(workspace, tmp_path, capsys
     assert not (tmp_path / "out").exists()  # nothing created, so a corrected retry is not blocked
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--base", "/nonexistent/model"], "/nonexistent/model does not exist"),
+        (["--layers=9"], "layer"),
+        (["--lr", "nan"], "--lr must be a positive number, got nan"),
+    ],
+    ids=["base", "layers", "lr"],
+)
+def test_a_train_that_cannot_start_creates_nothing_and_the_fixed_command_runs(
+    workspace, tmp_path, capsys, option, message
+):
+    out = tmp_path / "out"
+    args = [
+        "train",
+        "--train",
+        str(workspace["train"]),
+        "--output",
+        str(out),
+        "--base",
+        str(workspace["base"]),
+    ]
+    args += ["--steps", "2", "--init", "random", "--length", "2", "--mlp-hidden", "8", "--quiet"]
+    assert main([*args, *option]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
+    assert main(args) == 0
+
+
+def test_a_second_train_into_a_folder_in_use_is_refused(workspace, tmp_path, capsys):
+    from prefixtune.train.run_folder import RunLock
+
+    out = tmp_path / "busy"
+    args = [
+        "train",
+        "--train",
+        str(workspace["train"]),
+        "--output",
+        str(out),
+        "--base",
+        str(workspace["base"]),
+    ]
+    with RunLock(out, "train"):  # as a `prefixtune train` still running there holds it
+        assert main([*args, "--steps", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} is in use by another run (prefixtune train, process " in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["run.lock"]
+
+
 def test_evaluate_prints_and_writes_scores(workspace, tmp_path, capsys):
     out = tmp_path / "scores.json"
     code = main(

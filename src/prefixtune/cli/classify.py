@@ -52,7 +52,10 @@ def run_train_classifier(args: argparse.Namespace) -> int:
     config = dataclass_from_args(ClassifyConfig, args)
     result = train_classifier(config, progress=not args.quiet)
     if result.interrupted:
-        print(f"interrupted at step {result.steps}; the run cannot resume, start it again to finish")
+        print(
+            f"interrupted at step {result.steps}; the best prefix so far is in {result.prefix_path} "
+            "(if any). A classifier run does not resume: start it again with another --output to finish"
+        )
         return 130
     if result.best:
         print(f"trained {result.steps} steps; best dev accuracy {100 * result.best['accuracy']:.2f} "
