@@ -8,7 +8,12 @@ import os
 import sys
 from pathlib import Path
 
-from prefixtune.cli.options import add_dataclass_options, dataclass_from_args
+from prefixtune.cli.options import (
+    add_check_weights_option,
+    add_dataclass_options,
+    dataclass_from_args,
+    load_prefix_checked,
+)
 from prefixtune.errors import PrefixTuneError
 
 API_KEY_VARIABLE = "PREFIXTUNE_API_KEY"
@@ -29,6 +34,7 @@ def setup_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--base-name", help="the model name of the base model without a prefix; unset: --base's name"
     )
+    add_check_weights_option(parser)
     add_dataclass_options(parser, ServeConfig)
 
 
@@ -55,7 +61,6 @@ def run_serve(args: argparse.Namespace) -> int:
         raise PrefixTuneError(f"serving needs {' and '.join(missing)}: pip install 'prefixtune[serve]'")
     import uvicorn
 
-    from prefixtune import load_prefix
     from prefixtune.api import wrap
     from prefixtune.loading import load_base
     from prefixtune.serve import ServeConfig, create_app
@@ -67,7 +72,7 @@ def run_serve(args: argparse.Namespace) -> int:
     base, tokenizer = load_base(args.base)
     model = wrap(base)
     for name, path in prefixes.items():
-        load_prefix(model, path, name=name)
+        load_prefix_checked(model, path, args, name=name)
     if config.host not in _LOOPBACK and config.api_key is None:
         print(
             f"warning: listening on {config.host} without an API key: anyone who can reach it can use "

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from prefixtune.errors import PrefixTuneError
+from prefixtune.errors import PrefixTuneError, WeightsMismatch
 from prefixtune.model import PrefixModel
 from prefixtune.serve.config import ServeConfig
 from prefixtune.serve.engine import Engine, Sampling
@@ -316,7 +316,11 @@ def _load(model: PrefixModel, body: LoadBody) -> None:
 
     if body.name in model.prefixes:  # loaded by another request while this one waited
         raise _name_taken(body.name)
-    load_prefix(model, Path(body.path).expanduser(), name=body.name)
+    try:
+        load_prefix(model, Path(body.path).expanduser(), name=body.name, check_weights=body.check_weights)
+    except WeightsMismatch as err:
+        fix = 'load it on a server of that base model, or send "check_weights": false to load it anyway'
+        raise err.with_fix(fix) from None
 
 
 def _unload(model: PrefixModel, name: str) -> None:

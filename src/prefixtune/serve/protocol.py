@@ -74,6 +74,8 @@ class LoadBody(BaseModel):
 
     name: str = Field(min_length=1, max_length=200)
     path: str = Field(min_length=1)
+    check_weights: bool = True
+    """False: load it even if the served base model's weights differ from those it was trained on."""
 
 
 def error_body(message: str, kind: str, code: str | None = None, param: str | None = None) -> dict:
