@@ -17,6 +17,7 @@ from torch import nn
 from prefixtune import prompt
 from prefixtune.config import PrefixConfig
 from prefixtune.errors import PrefixTuneError
+from prefixtune.heads import head_parameters
 from prefixtune.initialise import initial_target, resolve_length
 from prefixtune.inject import Injector, PrefixBatch, detach
 from prefixtune.layout import SlotLayout
@@ -303,10 +304,15 @@ class PrefixModel(nn.Module):
                 raise PrefixTuneError(f"no prefix named {name!r}; this model holds {sorted(self.prefixes)}")
 
     # -- training and storage -------------------------------------------------------------------
-    def prefix_parameters(self, name: str | None = None) -> list[nn.Parameter]:
-        """The trainable parameters: every prefix's, or one prefix's."""
+    def prefix_parameters(self, name: str | None = None, head: bool = True) -> list[nn.Parameter]:
+        """The trainable parameters: every prefix's (or prefix `name`'s), then those of the task head
+        that trains with the prefixes, if any (a classifier's, see `prefixtune.heads`; `head=False`
+        leaves them out). Each parameter appears once: hand the list to an optimizer as it is."""
         modules = [self.prefixes[name]] if name is not None else list(self.prefixes.values())
-        return [p for m in modules for p in m.parameters() if p.requires_grad]
+        params = [p for m in modules for p in m.parameters() if p.requires_grad]
+        if head:
+            params += [p for p in head_parameters(self) if p.requires_grad]
+        return params
 
     def gradient_checkpointing_enable(self) -> None:
         """Checkpoint the base model's layers.

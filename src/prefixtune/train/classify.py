@@ -165,7 +165,8 @@ def _run(config: ClassifyConfig, model, tokenizer, data, progress: bool) -> Clas
     """The training loop proper, in a run folder this process holds."""
     train_set, targets, dev_set, names = data
     folder = Path(config.output)
-    params = model.prefix_parameters() + train_head(model, seed=config.seed, pooling=config.pooling)
+    train_head(model, seed=config.seed, pooling=config.pooling)  # a fresh head, seeded
+    params = model.prefix_parameters()  # the prefix, then the head
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _warmup_then_decay(config.warmup_steps, config.steps)
