@@ -95,6 +95,8 @@ def load_prefix(
         prefix_model.insert(name, prefix.to(prefix_model.device))
         if (Path(path) / HEAD_FILE).exists():  # a classifier: its head was trained with the prefix
             load_head(prefix_model, Path(path), trainable=trainable)
+        else:
+            heads.warn_if_untrained(prefix_model, f"{path} holds no head to restore")
     except Exception:
         if fresh:  # leave the user's model exactly as it was handed in
             prefix_model.unload()

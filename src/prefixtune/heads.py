@@ -67,11 +67,15 @@ def default_head(model: PrefixModel, train: bool) -> None:
     if train:
         train_head(model, reset=False, pooling=model.head_pooling)
     else:
-        warn_if_untrained(model, "add_prefix(..., train_head=False) keeps it frozen")
+        warn_if_untrained(model, "add_prefix(..., train_head=False) keeps it frozen", stacklevel=4)
 
 
-def warn_if_untrained(model: PrefixModel, why: str) -> None:
-    """Warn when the base's head is new (missing from its checkpoint) and neither trained nor restored."""
+def warn_if_untrained(model: PrefixModel, why: str, stacklevel: int = 3) -> None:
+    """Warn when the base's head is new (missing from its checkpoint) and neither trained nor restored.
+
+    Args:
+        stacklevel: the warning points at the caller this many frames up (the user's call).
+    """
     new = getattr(model.base, NEW_HEAD, ())
     if new and not model.head_names:
         warnings.warn(
@@ -79,7 +83,7 @@ def warn_if_untrained(model: PrefixModel, why: str) -> None:
             f"its checkpoint has none, and {why}: its outputs are random until it is trained "
             "(prefixtune.heads.train_head) or restored (load_prefix of a prefix saved with its head)",
             UserWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
 
 
