@@ -93,3 +93,15 @@ def test_an_adapter_base_that_cannot_be_loaded_asks_for_base(tiny, tmp_path, cap
     err = capsys.readouterr().err
     assert message in err and "--base" in err and "Traceback" not in err
     assert not (tmp_path / "prefix").exists()
+
+
+def test_an_imported_prefix_evaluates_with_the_default_beam_search(tiny, tmp_path, capsys):
+    """An imported prefix is position-shifted; `evaluate` scores it with 5 beams over batches of rows."""
+    from synthetic import write_task
+
+    base, adapter = tiny
+    assert main(["import-peft", str(adapter), str(tmp_path / "prefix"), "--base", str(base)]) == 0
+    _, dev = write_task(tmp_path)
+    evaluate = ["evaluate", "--prefix", str(tmp_path / "prefix"), "--base", str(base), "--data", str(dev)]
+    assert main([*evaluate, "--metrics", "BLEU", "--max-new-tokens", "4", "--max-sources", "4"]) == 0
+    assert "BLEU" in capsys.readouterr().out
