@@ -14,7 +14,6 @@ afresh while it holds nothing worth resuming.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -27,6 +26,11 @@ from typing import IO
 from prefixtune.errors import PrefixTuneError
 from prefixtune.train.checkpoint import CHECKPOINT
 from prefixtune.train.report import CURVE, LOG
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs are then not kept apart (everything else works)
+    fcntl = None  # type: ignore[assignment]
 
 RUN_FILE = "run.json"
 LOCK_FILE = "run.lock"
@@ -52,7 +56,8 @@ class RunLock:
         self.folder.mkdir(parents=True, exist_ok=True)
         handle = open(self.folder / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 (held for the run)
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
             owner = _describe(handle.read())
