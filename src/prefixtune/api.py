@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prefixtune import heads
 from prefixtune.config import PrefixConfig
 from prefixtune.errors import PrefixTuneError
 from prefixtune.inject import attach
@@ -19,6 +20,7 @@ def add_prefix(
     *,
     tokenizer=None,
     name: str = DEFAULT_NAME,
+    train_head: bool = True,
 ) -> PrefixModel:
     """Freeze `model` and give every attention layer a trainable prefix called `name`.
 
@@ -28,10 +30,18 @@ def add_prefix(
         config: how the prefix is shaped and initialised (default `PrefixConfig()`).
         tokenizer: needed for `init="text"`.
         name: the prefix's name; rows of a batch pick prefixes by name (`prefix=`).
+        train_head: when `model` is a classifier (`...ForSequenceClassification`,
+            `...ForTokenClassification`), train its task head with the prefixes: it becomes trainable,
+            its parameters join `prefix_parameters()`, and it is saved with every prefix (P-Tuning v2).
+            False keeps it frozen. Only read when `model` is a base model: a `PrefixModel`'s head stays
+            as it is.
     """
     config = config or PrefixConfig()
-    prefix_model = model if isinstance(model, PrefixModel) else wrap(model)
+    fresh = not isinstance(model, PrefixModel)
+    prefix_model = wrap(model) if fresh else model
     prefix_model.add(name, config, tokenizer)
+    if fresh:
+        heads.default_head(prefix_model, train_head)
     return prefix_model
 
 
@@ -85,6 +95,8 @@ def load_prefix(
         prefix_model.insert(name, prefix.to(prefix_model.device))
         if (Path(path) / HEAD_FILE).exists():  # a classifier: its head was trained with the prefix
             load_head(prefix_model, Path(path), trainable=trainable)
+        else:
+            heads.warn_if_untrained(prefix_model, f"{path} holds no head to restore")
     except Exception:
         if fresh:  # leave the user's model exactly as it was handed in
             prefix_model.unload()

@@ -6,7 +6,10 @@ linear layer on the pooled first token; RoBERTa/ELECTRA: dense, tanh, linear on 
 token classification: a linear layer on every token). The prefix and the head are trained; the
 backbone, pooler included, stays frozen, as P-Tuning v2 does.
 
-The head is saved with the prefix as `head.safetensors` and restored by `load_prefix`. It belongs to
+`add_prefix` makes a classifier's head trainable by default (its parameters join
+`prefix_parameters()`; `train_head=False` keeps it frozen), so that training what `prefix_parameters()`
+returns never trains a prefix against a random frozen head. The head is saved with the prefix as
+`head.safetensors` and restored by `load_prefix`. It belongs to
 the base model, so a PrefixModel has one head, shared by all its prefixes: rows of one batch can
 carry different prefixes but not different heads.
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +47,44 @@ if TYPE_CHECKING:
 
 HEAD_FILE = "head.safetensors"
 POOLINGS = ("first", "mean")
+CLASSIFIERS = ("ForSequenceClassification", "ForTokenClassification")
+"""Class-name endings of the Hugging Face models whose head trains with the prefix by default."""
+NEW_HEAD = "_prefixtune_new_head"
+"""Set by `loading.load_base` on a classifier: the head weights its checkpoint lacked (new, so random)."""
+
+
+def is_classifier(base: nn.Module) -> bool:
+    """A Hugging Face classifier: a backbone plus a task head (`...ForSequenceClassification`,
+    `...ForTokenClassification`), unlike a language model whose LM head is part of the pretrained model."""
+    return type(base).__name__.endswith(CLASSIFIERS)
+
+
+def default_head(model: PrefixModel, train: bool) -> None:
+    """What `add_prefix` does with a classifier's head: make it trainable with the prefixes (`train`,
+    the default, as P-Tuning v2 and PEFT do), or leave it frozen, warning if it is new and so random."""
+    if not is_classifier(model.base):
+        return
+    if train:
+        train_head(model, reset=False, pooling=model.head_pooling)
+    else:
+        warn_if_untrained(model, "add_prefix(..., train_head=False) keeps it frozen", stacklevel=4)
+
+
+def warn_if_untrained(model: PrefixModel, why: str, stacklevel: int = 3) -> None:
+    """Warn when the base's head is new (missing from its checkpoint) and neither trained nor restored.
+
+    Args:
+        stacklevel: the warning points at the caller this many frames up (the user's call).
+    """
+    new = getattr(model.base, NEW_HEAD, ())
+    if new and not model.head_names:
+        warnings.warn(
+            f"the task head of {type(model.base).__name__} ({', '.join(new)}) was newly initialised, as "
+            f"its checkpoint has none, and {why}: its outputs are random until it is trained "
+            "(prefixtune.heads.train_head) or restored (load_prefix of a prefix saved with its head)",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
 
 
 def head_modules(base: nn.Module) -> dict[str, nn.Module]:

@@ -17,6 +17,7 @@ from torch import nn
 from prefixtune import prompt
 from prefixtune.config import PrefixConfig
 from prefixtune.errors import PrefixTuneError
+from prefixtune.heads import head_parameters
 from prefixtune.initialise import initial_target, resolve_length
 from prefixtune.inject import Injector, PrefixBatch, detach
 from prefixtune.layout import SlotLayout
@@ -206,7 +207,7 @@ class PrefixModel(nn.Module):
         used = list(dict.fromkeys(n for n in names if n is not None))
         if not used:
             return None
-        batch = self._shared_or_mixed(names, used, rows)
+        batch = self._shared_or_mixed(names, used)
         batch.seen_from = self._seen_from(names, infix_at)
         return batch
 
@@ -225,7 +226,7 @@ class PrefixModel(nn.Module):
         infix_at = torch.as_tensor(infix_at, device=self.device).long().expand(len(names))  # (B,)
         return torch.where(infix, infix_at, 0)
 
-    def _shared_or_mixed(self, names: list[str | None], used: list[str], rows: int) -> PrefixBatch:
+    def _shared_or_mixed(self, names: list[str | None], used: list[str]) -> PrefixBatch:
         if len(used) == 1 and None not in names:  # every row shares one prefix: broadcast, no copies
             only = self.prefixes[used[0]]
             pairs = dict(zip(only.slots, only.slot_tensors(), strict=True))
@@ -233,7 +234,8 @@ class PrefixModel(nn.Module):
             values = [pairs[i][1][None] if i in pairs else None for i in range(len(self.layout.slots))]
             offsets = None
             if only.config.positions == "shifted":
-                offsets = torch.full((rows,), only.length, dtype=torch.long, device=self.device)
+                # one row, like the keys: it broadcasts over beams and returned sequences too
+                offsets = torch.full((1,), only.length, dtype=torch.long, device=self.device)
             return PrefixBatch(keys, values, None, offsets)
         return self._mixed_batch(names, used)
 
@@ -302,10 +304,15 @@ class PrefixModel(nn.Module):
                 raise PrefixTuneError(f"no prefix named {name!r}; this model holds {sorted(self.prefixes)}")
 
     # -- training and storage -------------------------------------------------------------------
-    def prefix_parameters(self, name: str | None = None) -> list[nn.Parameter]:
-        """The trainable parameters: every prefix's, or one prefix's."""
+    def prefix_parameters(self, name: str | None = None, head: bool = True) -> list[nn.Parameter]:
+        """The trainable parameters: every prefix's (or prefix `name`'s), then those of the task head
+        that trains with the prefixes, if any (a classifier's, see `prefixtune.heads`; `head=False`
+        leaves them out). Each parameter appears once: hand the list to an optimizer as it is."""
         modules = [self.prefixes[name]] if name is not None else list(self.prefixes.values())
-        return [p for m in modules for p in m.parameters() if p.requires_grad]
+        params = [p for m in modules for p in m.parameters() if p.requires_grad]
+        if head:
+            params += [p for p in head_parameters(self) if p.requires_grad]
+        return params
 
     def gradient_checkpointing_enable(self) -> None:
         """Checkpoint the base model's layers.

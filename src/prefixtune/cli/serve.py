@@ -8,8 +8,14 @@ import os
 import sys
 from pathlib import Path
 
-from prefixtune.cli.options import add_dataclass_options, attribute_docs, dataclass_from_args
-from prefixtune.errors import PrefixTuneError
+from prefixtune.cli.options import (
+    CLI_WEIGHTS_FIX,
+    add_check_weights_option,
+    add_dataclass_options,
+    attribute_docs,
+    dataclass_from_args,
+)
+from prefixtune.errors import PrefixTuneError, WeightsMismatch
 
 API_KEY_VARIABLE = "PREFIXTUNE_API_KEY"
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -37,6 +43,7 @@ def setup_serve(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help=attribute_docs(ServeConfig)["prefix_roots"] + " (repeat for more folders; default: none)",
     )
+    add_check_weights_option(parser)
     add_dataclass_options(parser, ServeConfig, skip=("prefix_roots",))
 
 
@@ -81,7 +88,10 @@ def run_serve(args: argparse.Namespace) -> int:
     base, tokenizer = load_base(args.base)
     model = wrap(base)
     for name, path in prefixes.items():
-        load_for_serving(model, path, name)
+        try:
+            load_for_serving(model, path, name, check_weights=args.check_weights)
+        except WeightsMismatch as err:
+            raise err.with_fix(CLI_WEIGHTS_FIX) from None
     if config.host not in _LOOPBACK and config.api_key is None:
         loading = f" and load prefixes from {', '.join(config.prefix_roots)}" if config.prefix_roots else ""
         print(

@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from prefixtune.errors import PrefixTuneError
+from prefixtune.errors import PrefixTuneError, WeightsMismatch
 from prefixtune.model import PrefixModel
 from prefixtune.serve.config import ServeConfig
 from prefixtune.serve.engine import Engine, Sampling
@@ -367,7 +367,11 @@ def _load(model: PrefixModel, body: LoadBody, roots: tuple[Path, ...]) -> None:
         folder = find_prefix_folder(body.path, roots)
     except NotAllowed as err:  # the same answer whatever the reason: the client may not probe files
         raise ApiError(400, str(err), "prefix_not_found", "path") from None
-    load_for_serving(model, folder, body.name)
+    try:
+        load_for_serving(model, folder, body.name, check_weights=body.check_weights)
+    except WeightsMismatch as err:
+        fix = 'load it on a server of that base model, or send "check_weights": false to load it anyway'
+        raise err.with_fix(fix) from None
 
 
 def _unload(model: PrefixModel, name: str) -> None:

@@ -64,13 +64,13 @@ def check_servable(folder: Path) -> None:
         )
 
 
-def load_for_serving(model: PrefixModel, folder: Path, name: str) -> None:
+def load_for_serving(model: PrefixModel, folder: Path, name: str, check_weights: bool = True) -> None:
     """Read the prefix in `folder` and add it to the bank as `name`; nothing else in `model` changes.
 
     Unlike `load_prefix`, a task head is refused (`check_servable`) before any file is read.
     """
     check_servable(folder)
-    prefix = read_prefix(model, folder, trainable=False, check_weights=True)
+    prefix = read_prefix(model, folder, trainable=False, check_weights=check_weights)
     model.insert(name, prefix.to(model.device))
 
 

@@ -92,6 +92,8 @@ class LoadBody(BaseModel):
         if problem:
             raise ValueError(problem)
         return value
+    check_weights: bool = True
+    """False: load it even if the served base model's weights differ from those it was trained on."""
 
 
 def error_body(message: str, kind: str, code: str | None = None, param: str | None = None) -> dict:
