@@ -77,7 +77,8 @@ def build_peers(
     ):
         if name in names:
             model = add_prefix(copy.deepcopy(base), PrefixConfig(length=length, reparam="flat", seed=seed))
-            params = model.prefix_parameters() + train_head(model, reset=False, pooling=pooling)
+            train_head(model, reset=False, pooling=pooling)
+            params = model.prefix_parameters()  # the prefix, then the head (trainable since add_prefix)
             peers[name] = (model, params, prefix_lr)
     if "peft" in names:
         peft_model = get_peft_model(

@@ -27,7 +27,7 @@ LAYERS: dict[str, set[str]] = {
     "train": {"engine", "errors", "data", "metrics", "loading"},
     "api": {"engine", "train"},
     "interop": {"engine", "errors"},
-    "serve": {"engine", "errors", "api"},
+    "serve": {"engine", "errors", "api", "train"},
     "sweep": {"engine", "errors", "loading", "train"},
     "cli": {"engine", "errors", "data", "loading", "train", "api", "interop", "serve", "sweep"},
     "__main__": {"cli"},

@@ -504,3 +504,74 @@ def test_classification_tasks_accept_a_missing_head_but_not_a_missing_backbone(t
     (tmp_path / "short" / "config.json").write_text(json.dumps(config))
     with pytest.raises(PrefixTuneError, match="encoder.layer.1"):
         load_base(tmp_path / "short", task="sequence-classification")
+
+
+@pytest.fixture
+def load_reports():
+    """The load reports transformers logs ("... LOAD REPORT ...": missing, unexpected weights)."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("transformers.modeling_utils")
+    log.addHandler(handler)
+    yield records
+    log.removeHandler(handler)
+
+
+@pytest.fixture
+def bare_bert(tmp_path) -> Path:
+    from encoders import make_encoder
+    from synthetic import word_tokenizer
+
+    make_encoder("bert", labels=2).save_pretrained(tmp_path / "bert")  # no head, like all-MiniLM-L6-v2
+    word_tokenizer().save_pretrained(tmp_path / "bert")
+    return tmp_path / "bert"
+
+
+def _reports(records) -> list[str]:
+    return [r.getMessage() for r in records if "LOAD REPORT" in r.getMessage()]
+
+
+def test_a_head_restored_from_the_prefix_is_not_reported_missing(bare_bert, tmp_path, load_reports, recwarn):
+    from prefixtune import PrefixConfig, add_prefix, load_prefix
+
+    model, _ = load_base(bare_bert, task="sequence-classification")
+    add_prefix(model, PrefixConfig(length=2, reparam="flat", seed=0)).save(tmp_path / "classifier")
+    assert (tmp_path / "classifier" / "head.safetensors").is_file()  # the head trained with the prefix
+    again, _ = load_base(bare_bert, task="sequence-classification")
+    load_prefix(again, tmp_path / "classifier")  # restores the head
+    assert _reports(load_reports) == []
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+
+
+def test_a_new_head_that_is_neither_trained_nor_restored_is_warned_about(bare_bert, tmp_path, load_reports):
+    from prefixtune import PrefixConfig, add_prefix, load_prefix
+
+    plain = add_prefix(load_base(bare_bert, task="encoder")[0], PrefixConfig(length=2, reparam="flat"))
+    plain.save(tmp_path / "plain")  # a prefix without a head
+    model, _ = load_base(bare_bert, task="sequence-classification")
+    with pytest.warns(UserWarning, match=r"head of BertForSequenceClassification \(classifier.bias, "):
+        load_prefix(model, tmp_path / "plain")
+    model, _ = load_base(bare_bert, task="sequence-classification")
+    with pytest.warns(UserWarning, match=r"train_head=False\) keeps it frozen: its outputs are random"):
+        add_prefix(model, PrefixConfig(length=2, reparam="flat"), train_head=False)
+    assert _reports(load_reports) == []
+
+
+def test_a_load_report_about_the_backbone_is_still_shown(tmp_path, load_reports):
+    from encoders import make_encoder
+    from synthetic import word_tokenizer
+
+    bert = make_encoder("bert")
+    bert.encoder.layer = bert.encoder.layer[:1]
+    bert.config.num_hidden_layers = 1
+    bert.save_pretrained(tmp_path / "short")
+    word_tokenizer().save_pretrained(tmp_path / "short")
+    config = json.loads((tmp_path / "short" / "config.json").read_text())
+    config["num_hidden_layers"] = 2  # the checkpoint now lacks layer 1
+    (tmp_path / "short" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PrefixTuneError, match="encoder.layer.1"):
+        load_base(tmp_path / "short", task="sequence-classification")
+    assert len(_reports(load_reports)) == 1

@@ -16,10 +16,9 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from prefixtune.api import load_prefix
+    from prefixtune.api import add_prefix, load_prefix
     from prefixtune.engine.config import PrefixConfig
     from prefixtune.engine.model import PrefixModel
-    from prefixtune.engine.wrap import add_prefix
     from prefixtune.errors import PrefixTuneError
     from prefixtune.loading import load_base
 
@@ -27,7 +26,7 @@ _EXPORTS = {
     "PrefixConfig": "prefixtune.engine.config",
     "PrefixModel": "prefixtune.engine.model",
     "PrefixTuneError": "prefixtune.engine.errors",
-    "add_prefix": "prefixtune.engine.wrap",
+    "add_prefix": "prefixtune.api",
     "load_base": "prefixtune.loading",
     "load_prefix": "prefixtune.api",
 }

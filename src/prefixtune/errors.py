@@ -1,9 +1,10 @@
-"""`PrefixTuneError`, for the layers around the engine (data, metrics, training, serving, the CLI).
+"""`PrefixTuneError` and `WeightsMismatch`, for the layers around the engine (data, metrics, training,
+serving, the CLI).
 
-It is defined in `prefixtune.engine.errors`, since the engine imports nothing from the rest of
-prefixtune; this is the same class, so `except PrefixTuneError` catches it from either name.
+They are defined in `prefixtune.engine.errors`, since the engine imports nothing from the rest of
+prefixtune; these are the same classes, so `except PrefixTuneError` catches them from either name.
 """
 
-from prefixtune.engine.errors import PrefixTuneError
+from prefixtune.engine.errors import PrefixTuneError, WeightsMismatch
 
-__all__ = ["PrefixTuneError"]
+__all__ = ["PrefixTuneError", "WeightsMismatch"]

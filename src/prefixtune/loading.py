@@ -6,8 +6,10 @@ Every `from_pretrained` gets `local_files_only=True`, so a mistyped path never b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
 import struct
@@ -41,6 +43,9 @@ TASKS = {
 }
 # Tasks whose head is new: its weights are missing from an encoder checkpoint and are trained with the prefix.
 HEAD_TASKS = ("sequence-classification", "token-classification")
+NEW_HEAD = "_prefixtune_new_head"
+"""Set by `load_base` on a classifier: the head weights its checkpoint lacked (new, so random; see
+`train.heads.warn_if_untrained`)."""
 # The prefix is injected inside the attention module, which is written against these two.
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 # Part of every cache folder's hash: bump it when the conversion changes, so old caches are not reused.
@@ -196,21 +201,66 @@ def _load_model(
         )
     labels = {"num_labels": num_labels} if num_labels is not None else {}
     try:
-        model, info = TASKS[task].from_pretrained(
-            str(folder),
-            attn_implementation=attn_implementation,
-            dtype=dtype,
-            local_files_only=True,
-            output_loading_info=True,
-            **labels,
-        )
+        with _held_load_report() as held:
+            model, info = TASKS[task].from_pretrained(
+                str(folder),
+                attn_implementation=attn_implementation,
+                dtype=dtype,
+                local_files_only=True,
+                output_loading_info=True,
+                **labels,
+            )
     except (OSError, ValueError) as err:
         raise PrefixTuneError(f"Could not load {folder} as a {task} model: {_first_line(err)}") from err
     if task in HEAD_TASKS:  # only the backbone must be complete: the head is trained with the prefix
-        backbone = f"{model.base_model_prefix}."
-        info = {**info, "missing_keys": [k for k in info.get("missing_keys") or () if k.startswith(backbone)]}
+        info = _note_new_head(model, info)
+    # whatever else the report holds (the backbone's weights) is the user's to see
+    if task not in HEAD_TASKS or any(
+        info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")
+    ):
+        _release(held)
     _check_complete(info, folder, task)
     return model.to("cpu").eval()
+
+
+@contextlib.contextmanager
+def _held_load_report():
+    """Hold back the load report transformers logs (its "LOAD REPORT" table) while loading.
+
+    A classifier loaded from an encoder checkpoint always lacks its head, and transformers reports it
+    as MISSING ("newly initialized ... Consider training"), even where prefixtune restores the head from
+    the prefix folder right after. Whether that deserves a word is decided later (`heads`); every other
+    report is released as it was (`_release`).
+    """
+    log = logging.getLogger("transformers.modeling_utils")
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            held.append(record)
+            return False
+        return True
+
+    log.addFilter(hold)
+    try:
+        yield held
+    finally:
+        log.removeFilter(hold)
+
+
+def _release(held: list[logging.LogRecord]) -> None:
+    log = logging.getLogger("transformers.modeling_utils")
+    for record in held:
+        log.handle(record)
+
+
+def _note_new_head(model: PreTrainedModel, info: dict) -> dict:
+    """Record on the model which head weights the checkpoint lacked (`NEW_HEAD`); return `info`
+    with the backbone's missing weights only."""
+    backbone = f"{model.base_model_prefix}."
+    missing = list(info.get("missing_keys") or ())
+    setattr(model, NEW_HEAD, tuple(sorted(k for k in missing if not k.startswith(backbone))))
+    return {**info, "missing_keys": [k for k in missing if k.startswith(backbone)]}
 
 
 def _load_tokenizer(folder: Path, task: str, model: PreTrainedModel) -> PreTrainedTokenizerBase:

@@ -93,6 +93,32 @@ def test_classify_labels_new_sentences(workspace, capsys, tmp_path):
     ]
 
 
+def test_no_command_reports_the_head_missing_where_prefixtune_supplies_it(workspace, tmp_path, recwarn):
+    """transformers reports a head missing from the encoder's checkpoint as "MISSING ... newly
+    initialized ... Consider training"; but `train` trains that head, and `evaluate` and `classify`
+    restore the trained one from head.safetensors: none of them may say it is missing."""
+    import logging
+
+    reports: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: reports.append(record.getMessage())
+    log = logging.getLogger("transformers.modeling_utils")
+    log.addHandler(handler)
+    try:
+        model = ["--prefix", str(workspace["prefix"]), "--base", str(workspace["base"])]
+        assert main(["evaluate", *model, "--data", str(workspace["dev"])]) == 0
+        assert main(["classify", *model, "w12 w33"]) == 0
+        train = ["train", "--task", "classify", "--train", str(workspace["train"]), "--steps", "1"]
+        assert (
+            main([*train, "--output", str(tmp_path / "run"), "--base", str(workspace["base"]), "--quiet"])
+            == 0
+        )
+    finally:
+        log.removeHandler(handler)
+    assert not [r for r in reports if "LOAD REPORT" in r or "MISSING" in r]
+    assert not [str(w.message) for w in recwarn if issubclass(w.category, UserWarning)]
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

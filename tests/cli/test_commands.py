@@ -123,6 +123,57 @@ def test_train_rejects_bad_data_with_a_clear_message(workspace, tmp_path, capsys
     assert not (tmp_path / "out").exists()  # nothing created, so a corrected retry is not blocked
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--base", "/nonexistent/model"], "/nonexistent/model does not exist"),
+        (["--layers=9"], "layer"),
+        (["--lr", "nan"], "--lr must be a positive number, got nan"),
+    ],
+    ids=["base", "layers", "lr"],
+)
+def test_a_train_that_cannot_start_creates_nothing_and_the_fixed_command_runs(
+    workspace, tmp_path, capsys, option, message
+):
+    out = tmp_path / "out"
+    args = [
+        "train",
+        "--train",
+        str(workspace["train"]),
+        "--output",
+        str(out),
+        "--base",
+        str(workspace["base"]),
+    ]
+    args += ["--steps", "2", "--init", "random", "--length", "2", "--mlp-hidden", "8", "--quiet"]
+    assert main([*args, *option]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
+    assert main(args) == 0
+
+
+def test_a_second_train_into_a_folder_in_use_is_refused(workspace, tmp_path, capsys):
+    from prefixtune.train.run_folder import RunLock
+
+    out = tmp_path / "busy"
+    args = [
+        "train",
+        "--train",
+        str(workspace["train"]),
+        "--output",
+        str(out),
+        "--base",
+        str(workspace["base"]),
+    ]
+    with RunLock(out, "train"):  # as a `prefixtune train` still running there holds it
+        assert main([*args, "--steps", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} is in use by another run (prefixtune train, process " in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["run.lock"]
+
+
 def test_evaluate_prints_and_writes_scores(workspace, tmp_path, capsys):
     out = tmp_path / "scores.json"
     code = main(
@@ -218,6 +269,20 @@ def test_a_prefix_for_another_model_is_refused(workspace, tmp_path, capsys):
     assert "attention layers" in capsys.readouterr().err
 
 
+def test_a_prefix_for_other_weights_names_the_flag_that_loads_it_anyway(workspace, tmp_path, capsys):
+    other = tmp_path / "tiny-llama-seed1"  # the same shapes, other weights
+    make_model("llama", seed=1).save_pretrained(other)
+    word_tokenizer().save_pretrained(other)
+    generate = ["generate", "--prefix", str(workspace["prefix"]), "--base", str(other), "--num-beams", "1"]
+    assert main([*generate, "w20"]) == 2
+    err = capsys.readouterr().err
+    assert "weights differ" in err and "--no-check-weights" in err and "check_weights=False" not in err
+    assert main([*generate, "--max-new-tokens", "2", "--no-check-weights", "w20"]) == 0
+    evaluate = ["evaluate", "--prefix", str(workspace["prefix"]), "--base", str(other), "--data"]
+    assert main([*evaluate, str(workspace["dev"]), "--metrics", "BLEU", "--max-sources", "1"]) == 2
+    assert "--no-check-weights" in capsys.readouterr().err
+
+
 def test_fold_drops_the_trainable_state_and_info_describes_both(workspace, tmp_path, capsys):
     folded = tmp_path / "folded"
     assert main(["fold", str(workspace["prefix"]), str(folded)]) == 0
@@ -251,6 +316,21 @@ def test_fold_drops_the_trainable_state_and_info_describes_both(workspace, tmp_p
 def test_info_on_a_folder_that_is_not_a_prefix(tmp_path, capsys):
     assert main(["info", str(tmp_path)]) == 2
     assert "not a prefix folder" in capsys.readouterr().err
+
+
+def test_a_prefix_config_with_a_wrong_type_is_one_line_naming_the_field(workspace, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(workspace["prefix"], broken)
+    meta = json.loads((broken / "prefix_config.json").read_text())
+    meta["slots"][1]["kv_heads"] = "2"
+    (broken / "prefix_config.json").write_text(json.dumps(meta))
+    for command in (["info", str(broken)], ["generate", "--prefix", str(broken), "w20"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert 'slots[1].kv_heads holds "2" (text); it should hold a whole number from 1 up' in err
+        assert "Traceback" not in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("command", COMMANDS)

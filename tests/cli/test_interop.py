@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import make_model, random_ids
@@ -61,3 +63,48 @@ def test_cli_errors_are_one_line_and_overwrite_nothing(tiny, tmp_path, capsys):
     assert main(["export-peft", str(adapter), str(tmp_path / "z")]) == 2
     assert "not a prefix folder" in capsys.readouterr().err
     assert [p.name for p in taken.iterdir()] == ["notes.txt"]
+
+
+def _name_base(adapter, name) -> None:
+    config = json.loads((adapter / ADAPTER_CONFIG).read_text())
+    config["base_model_name_or_path"] = name
+    (adapter / ADAPTER_CONFIG).write_text(json.dumps(config))
+
+
+def test_without_base_the_adapters_own_base_model_is_used(tiny, tmp_path, capsys):
+    base, adapter = tiny
+    _name_base(adapter, str(base))
+    assert main(["import-peft", str(adapter), str(tmp_path / "prefix")]) == 0
+    assert f"base model {str(base)!r}, named by the adapter" in capsys.readouterr().out
+    stored = json.loads((tmp_path / "prefix" / "prefix_config.json").read_text())["base"]
+    assert stored["architecture"] == "LlamaForCausalLM" and stored["name_or_path"] == str(base)
+    load_prefix(make_model("llama"), tmp_path / "prefix")  # its fingerprint is the tiny base's
+
+
+@pytest.mark.parametrize(
+    ("named", "message"),
+    [
+        ("HuggingFaceTB/SmolLM2-135M", "names its base model 'HuggingFaceTB/SmolLM2-135M', which is not"),
+        (None, "does not name its base model"),
+    ],
+    ids=["hub-id", "none"],
+)
+def test_an_adapter_base_that_cannot_be_loaded_asks_for_base(tiny, tmp_path, capsys, named, message):
+    _, adapter = tiny
+    _name_base(adapter, named)
+    assert main(["import-peft", str(adapter), str(tmp_path / "prefix")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "--base" in err and "Traceback" not in err
+    assert not (tmp_path / "prefix").exists()
+
+
+def test_an_imported_prefix_evaluates_with_the_default_beam_search(tiny, tmp_path, capsys):
+    """An imported prefix is position-shifted; `evaluate` scores it with 5 beams over batches of rows."""
+    from synthetic import write_task
+
+    base, adapter = tiny
+    assert main(["import-peft", str(adapter), str(tmp_path / "prefix"), "--base", str(base)]) == 0
+    _, dev = write_task(tmp_path)
+    evaluate = ["evaluate", "--prefix", str(tmp_path / "prefix"), "--base", str(base), "--data", str(dev)]
+    assert main([*evaluate, "--metrics", "BLEU", "--max-new-tokens", "4", "--max-sources", "4"]) == 0
+    assert "BLEU" in capsys.readouterr().out

@@ -10,12 +10,16 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import make_model
+from safetensors.torch import save_file
 from synthetic import word_tokenizer
 
 from prefixtune import PrefixConfig, add_prefix
 from prefixtune.cli import build_parser, main
 from prefixtune.cli.options import dataclass_from_args
+from prefixtune.cli.serve import parse_prefixes
+from prefixtune.errors import PrefixTuneError
 from prefixtune.serve import ServeConfig
 
 httpx = pytest.importorskip("httpx")
@@ -29,8 +33,13 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     base = make_model("llama")
     base.save_pretrained(root / "base")
     word_tokenizer().save_pretrained(root / "base")
-    add_prefix(base, PrefixConfig(length=3, reparam="flat", seed=5)).save(root / "e2e")
-    return {"base": root / "base", "e2e": root / "e2e"}
+    model = add_prefix(base, PrefixConfig(length=3, reparam="flat", seed=5))
+    model.save(root / "e2e")
+    model.save(root / "head")
+    save_file(
+        {"lm_head.weight": torch.zeros_like(base.lm_head.weight)}, str(root / "head" / "head.safetensors")
+    )
+    return {"base": root / "base", "e2e": root / "e2e", "head": root / "head"}
 
 
 def test_the_server_listens_on_loopback_unless_told_otherwise():
@@ -41,6 +50,28 @@ def test_the_server_listens_on_loopback_unless_told_otherwise():
     assert (config.host, config.port, config.policy) == ("0.0.0.0", 9, "single")
 
 
+def test_runtime_loading_is_off_and_the_body_limited_unless_told_otherwise():
+    config = dataclass_from_args(ServeConfig, build_parser().parse_args(["serve"]))
+    assert config.prefix_roots == () and config.max_body_bytes == 2 * 1024 * 1024
+    args = ["serve", "--prefix-root", "runs", "--prefix-root", "more", "--max-body-bytes", "1000"]
+    config = dataclass_from_args(ServeConfig, build_parser().parse_args(args))
+    assert config.prefix_roots == ("runs", "more") and config.max_body_bytes == 1000
+
+
+@pytest.mark.parametrize(
+    ("name", "folder", "message"),
+    [
+        ("a/b", "e2e", "is not allowed"),
+        (".x", "e2e", "is not allowed"),
+        ("train", "e2e", "attribute"),
+        ("clf", "head", "task head"),
+    ],
+)
+def test_prefix_names_and_heads_are_checked_before_the_base_loads(folders, name, folder, message):
+    with pytest.raises(PrefixTuneError, match=message):
+        parse_prefixes([f"{name}={folders[folder]}"], "tiny")
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -49,6 +80,8 @@ def test_the_server_listens_on_loopback_unless_told_otherwise():
         (["--prefix", "x={e2e}", "--prefix", "x={e2e}"], "used twice"),
         (["--policy", "random"], "policy='random' is not one of"),
         (["--max-batch", "0"], "max_batch must be at least 1"),
+        (["--max-body-bytes", "0"], "max_body_bytes must be at least 1"),
+        (["--prefix-root", "/nonexistent/root"], "--prefix-root /nonexistent/root: no such folder"),
     ],
 )
 def test_bad_arguments_fail_with_one_line_before_loading_anything(folders, capsys, extra, message):

@@ -6,6 +6,7 @@ encoder-decoder models, adding and removing prefixes at run time, and what the b
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import make_model, random_ids
 from transformers import BartConfig, BartForConditionalGeneration, TemperatureLogitsWarper, TopPLogitsWarper
@@ -169,3 +170,57 @@ def test_encoder_decoder_rows_equal_their_solo_runs():
         alone = model(seq[None], decoder_input_ids=decoder[i : i + 1], prefix=[ROWS[i]]).logits
         torch.testing.assert_close(logits[i : i + 1], alone, rtol=0, atol=ATOL)
     assert len({tuple(row) for row in out.tolist()}) > 1  # the prefixes do steer the rows apart
+
+
+# Every kind with each position convention it allows (an embedding prompt is always shifted, an infix
+# never): the one-prefix-for-every-row path and its per-row position offsets.
+VARIANTS = [("prefix", "keep"), ("prefix", "shifted"), ("embedding", "shifted"), ("infix", "keep")]
+
+
+def _shared(family: str, kind: str, positions: str):
+    config = PrefixConfig(length=5, reparam="flat", kind=kind, positions=positions, seed=3)
+    return add_prefix(make_model(family), config)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize(("kind", "positions"), VARIANTS, ids=[f"{k}-{p}" for k, p in VARIANTS])
+@pytest.mark.parametrize("returned", [1, 2])
+def test_a_shared_prefix_expands_to_beams_and_returned_sequences(family, kind, positions, returned):
+    """Beam search (returning one or two sequences per row) on a batch sharing one prefix: each row's
+    beams equal those of the row generated alone."""
+    model = _shared(family, kind, positions)
+    ids = random_ids(2, 5, seed=7)
+    options = {"max_new_tokens": 5, "do_sample": False, "num_beams": 3, "num_return_sequences": returned}
+    batched = model.generate(ids, **options)[:, ids.shape[1] :].view(2, returned, -1)  # (B, returned, T)
+    for i in range(2):
+        alone = model.generate(ids[i : i + 1], **options)[:, ids.shape[1] :]  # (returned, T)
+        assert batched[i, :, : alone.shape[1]].tolist() == alone.tolist(), i
+
+
+@pytest.mark.parametrize(("kind", "positions"), VARIANTS, ids=[f"{k}-{p}" for k, p in VARIANTS])
+def test_a_shared_prefix_samples_several_sequences_per_row_from_the_solo_distribution(kind, positions):
+    """num_return_sequences with sampling: every returned sequence's scores at every step equal those
+    of its row alone on the same history (the draws themselves share one generator)."""
+    model = _shared("llama", kind, positions)
+    ids = random_ids(2, 5, seed=7)
+    out = model.generate(
+        ids, do_sample=True, top_k=0, max_new_tokens=4, num_return_sequences=2,
+        output_scores=True, return_dict_in_generate=True,
+    )  # fmt: skip
+    for row, sequence in enumerate(out.sequences):  # (B * 2, n + T): row // 2 is the prompt
+        for step, scores in enumerate(out.scores):
+            history = sequence[None, : ids.shape[1] + step]
+            logits = model(history, infix_at=torch.tensor([ids.shape[1] - 1])).logits[0, -1]
+            torch.testing.assert_close(scores[row], logits, rtol=0, atol=ATOL)
+
+
+def test_mixed_rows_with_a_shifted_prefix_expand_to_beams():
+    model = _shared("llama", "prefix", "shifted")
+    model.add("embedded", PrefixConfig(length=2, reparam="flat", kind="embedding", seed=4))
+    ids = random_ids(3, 5, seed=7)
+    rows = ["default", None, "embedded"]
+    options = {"max_new_tokens": 5, "do_sample": False, "num_beams": 3, "num_return_sequences": 2}
+    batched = model.generate(ids, prefix=rows, **options)[:, ids.shape[1] :].view(3, 2, -1)
+    for i, name in enumerate(rows):
+        alone = model.generate(ids[i : i + 1], prefix=[name], **options)[:, ids.shape[1] :]
+        assert batched[i, :, : alone.shape[1]].tolist() == alone.tolist(), name

@@ -108,7 +108,9 @@ def test_loading_into_a_model_with_other_head_size_names_it(tmp_path):
 
 def test_loading_onto_other_weights_is_refused_unless_asked(tmp_path):
     _trained().save(tmp_path / "p")
-    with pytest.raises(PrefixTuneError, match="weights differ"):
+    with pytest.raises(
+        PrefixTuneError, match="weights differ.*or pass check_weights=False to apply it anyway"
+    ):
         load_prefix(make_model("llama", seed=1), tmp_path / "p")
     load_prefix(make_model("llama", seed=1), tmp_path / "p", check_weights=False)
     half = make_model("llama").to(torch.bfloat16)  # same weights in bf16 still match
@@ -199,3 +201,65 @@ def test_an_extra_cannot_overwrite_the_prefix_files(tmp_path):
     with pytest.raises(ValueError, match="cannot name an extra"):
         model.save(tmp_path / "p")
     assert not (tmp_path / "p").exists()
+
+
+def _edit_config(folder, path: str, value) -> None:
+    """Set one field of folder/prefix_config.json; `path` is dotted, with list indices: slots.0.kv_heads."""
+    meta = json.loads((folder / CONFIG_FILE).read_text())
+    *parents, last = path.split(".")
+    here = meta
+    for part in parents:
+        here = here[int(part)] if part.isdigit() else here[part]
+    here[int(last) if last.isdigit() else last] = value
+    (folder / CONFIG_FILE).write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "shown"),
+    [
+        (
+            "config.length",
+            "four",
+            'config.length holds "four" (text); it should hold null or a whole number from 1 up',
+        ),
+        (
+            "slots.0.kv_heads",
+            "2",
+            'slots[0].kv_heads holds "2" (text); it should hold a whole number from 1 up',
+        ),
+        ("length", 0, "length holds 0; it should hold a whole number from 1 up"),
+        ("length", True, "length holds true; it should hold a whole number from 1 up"),
+        ("config.reparam", "deep", 'config.reparam holds "deep"; it should hold one of "flat", "mlp"'),
+        ("config.layers", [0, "1"], 'config.layers holds [0, "1"]; it should hold null or a list of layer'),
+        ("config.init_text", 5, "config.init_text holds 5; it should hold null or text"),
+        ("positions", None, 'positions holds null; it should hold one of "keep", "shifted"'),
+        ("slots", {}, "slots holds {} (an object); it should hold a non-empty list of attention layers"),
+        ("slots.1", "x", 'slots[1] holds "x" (text); it should hold an object'),
+        (
+            "base.weights_sample",
+            [1.0, "x"],
+            'base.weights_sample holds [1.0, "x"]; it should hold a list of numbers',
+        ),
+        ("config", [], "config holds [] (a list); it should hold an object"),
+    ],
+)
+def test_a_prefix_config_with_a_wrong_type_names_the_file_field_and_what_it_should_hold(
+    tmp_path, field, value, shown
+):
+    _trained().save(tmp_path / "p")
+    _edit_config(tmp_path / "p", field, value)
+    base = make_model("llama")
+    with pytest.raises(PrefixTuneError) as caught:
+        load_prefix(base, tmp_path / "p")
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'p' / CONFIG_FILE}: ") and shown in message, message
+    assert "save the prefix again" in message
+
+
+def test_a_prefix_config_missing_a_slot_field_says_so(tmp_path):
+    _trained().save(tmp_path / "p")
+    meta = json.loads((tmp_path / "p" / CONFIG_FILE).read_text())
+    del meta["slots"][0]["head_dim"]
+    (tmp_path / "p" / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(PrefixTuneError, match=r"slots\[0\] lacks the field 'head_dim'"):
+        load_prefix(make_model("llama"), tmp_path / "p")

@@ -60,8 +60,9 @@ class ServerThread:
         from prefixtune.serve.background import BackgroundServer
 
         self.model, self.reference, self.tokenizer = tiny_bank(seed), tiny_bank(seed), word_tokenizer()
-        app = create_app(self.model, self.tokenizer, ServeConfig(**config), BASE)
-        self.background = BackgroundServer(app)
+        self.app = create_app(self.model, self.tokenizer, ServeConfig(**config), BASE)
+        self.scheduler = self.app.state.scheduler
+        self.background = BackgroundServer(self.app)
         self.url = self.background.url
 
     def __enter__(self) -> ServerThread:

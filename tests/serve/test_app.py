@@ -187,7 +187,12 @@ def test_malformed_json_and_unknown_routes(server):
     assert _health(server)["status"] == "ok"
 
 
-def test_prefixes_load_and_unload_while_running(server, tmp_path):
+def test_prefixes_load_and_unload_while_running(tmp_path):
+    with ServerThread(prefix_roots=(str(tmp_path),)) as server:
+        _load_and_unload(server, tmp_path)
+
+
+def _load_and_unload(server, tmp_path):
     server.reference.save(tmp_path / "saved", name="a")
     url = f"{server.url}/v1/prefixes"
     loaded = httpx.post(url, json={"name": "c", "path": str(tmp_path / "saved")}, timeout=TIMEOUT)
@@ -210,6 +215,39 @@ def test_prefixes_load_and_unload_while_running(server, tmp_path):
     assert httpx.delete(f"{url}/c", timeout=TIMEOUT).status_code == 404
     assert httpx.delete(f"{url}/{BASE}", timeout=TIMEOUT).status_code == 400
     assert sorted(server.model.prefixes) == ["a", "b"]
+
+
+def test_a_prefix_folder_with_a_wrong_type_is_a_400_naming_the_field(tmp_path):
+    with ServerThread(prefix_roots=(str(tmp_path),)) as server:
+        server.reference.save(tmp_path / "typo", name="a")
+        config = tmp_path / "typo" / "prefix_config.json"
+        meta = json.loads(config.read_text())
+        meta["config"]["length"] = "four"
+        config.write_text(json.dumps(meta))
+        reply = httpx.post(
+            f"{server.url}/v1/prefixes", json={"name": "typo", "path": "typo"}, timeout=TIMEOUT
+        )
+        assert reply.status_code == 400
+        assert 'config.length holds "four" (text)' in reply.json()["error"]["message"]
+        assert "typo" not in server.model.prefixes
+
+
+def test_a_prefix_saved_on_other_weights_is_refused_unless_the_body_says_so(tmp_path):
+    from serving import tiny_bank
+
+    tiny_bank(seed=1).save(tmp_path / "other", name="a")  # same shapes, other weights
+    with ServerThread(prefix_roots=(str(tmp_path),)) as server:
+        url, path = f"{server.url}/v1/prefixes", str(tmp_path / "other")
+        refused = httpx.post(url, json={"name": "other", "path": path}, timeout=TIMEOUT)
+        assert refused.status_code == 400
+        message = refused.json()["error"]["message"]
+        assert "weights differ" in message and '"check_weights": false' in message
+        assert "check_weights=False" not in message
+        loaded = httpx.post(
+            url, json={"name": "other", "path": path, "check_weights": False}, timeout=TIMEOUT
+        )
+        assert loaded.status_code == 200
+        assert httpx.delete(f"{url}/other", timeout=TIMEOUT).json()["deleted"] is True
 
 
 def test_an_api_key_guards_every_endpoint():

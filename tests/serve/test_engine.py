@@ -130,3 +130,30 @@ def test_a_cancelled_row_leaves_and_the_others_go_on():
     reference = tiny_bank()
     assert rows[0].tokens == _solo(reference, "a", PROMPTS[0], 6)
     assert rows[2].tokens == _solo(reference, None, PROMPTS[2], 6)
+
+
+def test_a_vanishing_temperature_samples_the_greedy_token_instead_of_nan():
+    logits = torch.tensor([0.5, 3.0, -1.0, 3.0 - 1e-6, float("-inf")])
+    for temperature in (5e-324, 1e-300, 1e-30):
+        probs = probabilities(logits, temperature, 1.0)
+        assert torch.isfinite(probs).all()
+        assert probs.tolist() == [0.0, 1.0, 0.0, 0.0, 0.0]
+    assert torch.isfinite(probabilities(logits, 5e-324, 0.5)).all()
+
+
+def test_a_row_that_raises_fails_alone_and_its_neighbours_run_on():
+    """One row's bad numerics (a NaN temperature, as the schema never lets through) or a client callback
+    that raises ends that row with finish "error"; the others decode exactly as they would alone."""
+    model = tiny_bank()
+    engine = Engine(model, word_tokenizer())
+    rows, _, finished = _rows(["a", None, "b"], [4, 4, 4])
+    errors: list[tuple[int, str]] = []
+    rows[0].sampling = Sampling(max_tokens=4, temperature=float("nan"))
+    rows[2].on_text = lambda row, text: (_ for _ in ()).throw(RuntimeError("the client's loop is closed"))
+    for i, row in enumerate(rows):
+        row.on_error = lambda row, err, i=i: errors.append((i, str(err)))
+    engine.run(rows)
+    assert [i for i, _ in errors] == [0, 2] and "closed" in errors[1][1]
+    assert [row.finish for row in rows] == ["error", "length", "error"]
+    assert rows[1].tokens == _solo(tiny_bank(), None, PROMPTS[1], 4) and finished == [1]
+    assert model.injector.current is None

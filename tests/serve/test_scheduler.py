@@ -9,7 +9,7 @@ from serving import tiny_bank
 from synthetic import word_tokenizer
 
 from prefixtune.serve.engine import Engine, Sampling
-from prefixtune.serve.scheduler import Event, QueueFull, Request, Scheduler
+from prefixtune.serve.scheduler import Event, QueueFull, Request, Scheduler, Stopped
 
 WAIT_S = 60
 
@@ -110,3 +110,59 @@ def test_a_request_that_waited_through_a_batch_still_gives_others_time_to_join()
     finally:
         scheduler.stop()
     assert (scheduler.stats.batches, scheduler.stats.mixed_batches) == (1, 1)
+
+
+def test_a_request_that_raises_fails_alone_and_the_worker_runs_on():
+    """A seed torch refuses (2**64: the edge refuses it too) and a client whose callback raises: each
+    fails with 500 on its own, its batch neighbours complete, and later requests are served."""
+    scheduler = _scheduler()
+    bad_seed, bad_seed_sink = _request("a", "a")
+    bad_seed.sampling = Sampling(max_tokens=3, temperature=1.0, seed=2**64)
+    broken, broken_sink = _request("b", "b")
+
+    def explode(event: Event) -> None:
+        broken_sink(event)
+        if event.kind == "text":
+            raise RuntimeError("the client's event loop is closed")
+
+    broken.on_event = explode
+    good = [_request(n, p) for n, p in (("a", "a"), ("tiny", None))]
+    for request in (bad_seed, good[0][0], broken, good[1][0]):
+        scheduler.submit(request)
+    scheduler.start()
+    try:
+        for sink in (bad_seed_sink, broken_sink, good[0][1], good[1][1]):
+            assert sink.done.wait(WAIT_S)
+        later, later_sink = _request("b", "b")
+        scheduler.submit(later)
+        assert later_sink.done.wait(WAIT_S)
+        assert scheduler.alive
+    finally:
+        scheduler.stop()
+    assert bad_seed_sink.events[-1].status == 500 and "could not start" in bad_seed_sink.events[-1].text
+    assert broken_sink.events[-1].status == 500 and "event loop" in broken_sink.events[-1].text
+    for sink in (good[0][1], good[1][1], later_sink):
+        assert [e.kind for e in sink.events] == ["text", "text", "text", "finish", "done"]
+    assert scheduler.stats.failed == 2 and scheduler.stats.completed == 3
+    assert scheduler.stats.batches == 2  # the four shared one batch
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_worker_that_dies_answers_everyone_503_and_refuses_new_work():
+    scheduler = _scheduler()
+
+    def die(rows) -> None:
+        raise SystemExit("killed")  # not an Exception: nothing in the worker catches it
+
+    scheduler.engine.run = die
+    running, running_sink = _request("a", "a")
+    scheduler.submit(running)
+    scheduler.start()
+    assert running_sink.done.wait(WAIT_S)
+    scheduler._thread.join(WAIT_S)
+    assert running_sink.events[-1].status == 503 and not scheduler.alive
+    with pytest.raises(Stopped, match="worker has stopped"):
+        scheduler.submit(_request("b", "b")[0])
+    with pytest.raises(Stopped):
+        scheduler.call(lambda: None)
+    scheduler.stop()

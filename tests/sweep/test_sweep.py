@@ -145,3 +145,15 @@ def test_sweep_help_explains_grid_and_training_options(capsys):
     for option in ("--grid", "--output", "--metric", "--steps", "--length", "--init-text", "averaged over"):
         assert option in text
     assert Path(__file__).parent.name == "sweep"
+
+
+def test_a_second_sweep_into_a_folder_in_use_is_refused(sweep_run, capsys):
+    from prefixtune.train.run_folder import RunLock
+
+    folder, argv = sweep_run
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.name != "run.lock"}
+    with RunLock(folder, "sweep"):  # the same sweep still running in another process
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{folder} is in use by another run (prefixtune sweep, process" in err and "Traceback" not in err
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.name != "run.lock"} == before

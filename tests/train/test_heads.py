@@ -39,7 +39,7 @@ def test_only_prefix_and_head_train_and_get_gradients(family):
     model(random_ids(2, 6), labels=torch.tensor([0, 2])).loss.backward()
     for name, param in model.named_parameters():
         assert (param.grad is not None) == param.requires_grad, name
-    assert all(p.grad.abs().sum() > 0 for p in model.prefix_parameters() + head_parameters(model))
+    assert all(p.grad.abs().sum() > 0 for p in model.prefix_parameters())  # the head's among them
 
 
 def test_head_initialisation_is_seeded():
@@ -49,7 +49,7 @@ def test_head_initialisation_is_seeded():
 
 
 def _train(model, ids, mask, labels, steps: int = 40) -> list[float]:
-    params = model.prefix_parameters() + head_parameters(model)
+    params = model.prefix_parameters()  # the prefix and the head
     optimizer = torch.optim.AdamW(params, lr=3e-2)
     model.train()
     losses = []
@@ -116,11 +116,6 @@ def test_a_head_that_does_not_fit_names_the_problem(tmp_path):
         train_head(add_prefix(make_encoder("bert"), CONFIG))
 
 
-def test_a_prefix_without_a_head_saves_no_head_file(tmp_path):
-    add_prefix(make_encoder("bert", head="sequence"), CONFIG).save(tmp_path / "p")
-    assert not (tmp_path / "p" / HEAD_FILE).exists()
-
-
 def _mean_classifier(family: str):
     model = add_prefix(make_encoder(family, head="sequence", labels=3), CONFIG)
     train_head(model, seed=5, pooling="mean")
@@ -178,6 +173,51 @@ def test_mean_pooling_is_refused_for_token_tags_and_unknown_poolings():
     model = add_prefix(make_encoder("bert", head="token", labels=3), CONFIG)
     with pytest.raises(PrefixTuneError, match="labels every token"):
         train_head(model, pooling="mean")
-    assert head_of(model) is None  # the refusal changed nothing: pooling first, no hook
+    assert head_of(model).pooling == "first" and head_of(model).handle is None  # the refusal changed nothing
     with pytest.raises(PrefixTuneError, match="pooling must be one of first, mean"):
         train_head(model, pooling="max")
+
+
+@pytest.mark.parametrize(("family", "head"), [("bert", "sequence"), ("roberta", "token")])
+def test_add_prefix_trains_a_classifiers_head_by_default(tmp_path, family, head):
+    """The safe path is the default: `prefix_parameters()` of a classifier holds its head, so an
+    optimizer over it trains prefix and head, and the trained head is saved and restored."""
+    model = add_prefix(make_encoder(family, head=head, labels=2), CONFIG)
+    head_params = head_parameters(model)
+    assert head_params and all(p.requires_grad for p in head_params)
+    params = model.prefix_parameters()
+    assert {id(p) for p in head_params} <= {id(p) for p in params}
+    assert len({id(p) for p in params}) == len(params)  # each once
+    before = [p.detach().clone() for p in head_params]
+    ids, mask = right_pad([random_ids(1, n, seed=n)[0] for n in (4, 6, 5)], pad=0)
+    labels = torch.tensor([0, 1, 1]) if head == "sequence" else (ids % 2).masked_fill(mask == 0, -100)
+    optimizer = torch.optim.AdamW(params, lr=3e-2)
+    for _ in range(3):
+        model(ids, attention_mask=mask, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all((p - b).abs().max() > 0 for p, b in zip(head_params, before, strict=True))
+    model.eval()
+    expected = model(ids, attention_mask=mask).logits
+    model.save(tmp_path / "p")
+    assert (tmp_path / "p" / HEAD_FILE).is_file()
+    loaded = load_prefix(make_encoder(family, head=head, labels=2), tmp_path / "p")
+    torch.testing.assert_close(loaded(ids, attention_mask=mask).logits, expected, rtol=0, atol=1e-6)
+
+
+def test_train_head_false_keeps_the_head_frozen_and_unsaved(tmp_path):
+    model = add_prefix(make_encoder("bert", head="sequence"), CONFIG, train_head=False)
+    assert head_of(model) is None  # no head trains with the prefixes
+    assert not any(p.requires_grad for p in model.base.classifier.parameters())
+    head_ids = {id(p) for p in model.base.classifier.parameters()}
+    assert not head_ids & {id(p) for p in model.prefix_parameters()}
+    model.save(tmp_path / "p")
+    assert not (tmp_path / "p" / HEAD_FILE).exists()
+
+
+def test_a_model_without_a_task_head_trains_the_prefix_only():
+    from conftest import make_model
+
+    model = add_prefix(make_model("gpt2"), CONFIG)  # an LM head (tied to the embeddings) is no task head
+    assert head_of(model) is None  # no head trains with the prefixes
+    assert {id(p) for p in model.prefix_parameters()} == {id(p) for p in model.prefixes.parameters()}

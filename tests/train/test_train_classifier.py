@@ -12,7 +12,7 @@ import torch
 from encoders import make_encoder
 from synthetic import word_tokenizer
 
-from prefixtune import add_prefix
+from prefixtune import PrefixTuneError, add_prefix
 from prefixtune.train.classify import _Order, _tokenize, train_classifier
 from prefixtune.train.classify_config import ClassifyConfig
 from prefixtune.train.heads import train_head
@@ -60,3 +60,54 @@ def test_dropout_off_trains_on_the_eval_mode_loss_and_the_default_does_not(tmp_p
     else:
         assert abs(first - _first_loss(config)) > 1e-4
     assert [m.p for m in result.model.modules() if isinstance(m, torch.nn.Dropout)] == rates
+
+
+def _config(tmp_path: Path, **changes) -> ClassifyConfig:
+    settings = {"train": str(_data(tmp_path)), "output": str(tmp_path / "run"), "steps": 2, "batch_size": 8}
+    return ClassifyConfig(**{**settings, "length": 3, **changes})
+
+
+def _encoder():
+    return make_encoder("bert", head="sequence", labels=2), word_tokenizer()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"base": "/nonexistent/encoder"}, "does not exist"), ({"layers": (9,)}, "layer")],
+    ids=["base", "layers"],
+)
+def test_a_classifier_start_that_fails_creates_no_run_folder(tmp_path, change, message):
+    config = _config(tmp_path, **change)
+    tiny = None if "base" in change else _encoder()
+    with pytest.raises(PrefixTuneError, match=message):
+        train_classifier(config, model_and_tokenizer=tiny, progress=False)
+    assert not Path(config.output).exists()
+    assert train_classifier(_config(tmp_path), model_and_tokenizer=_encoder(), progress=False).steps == 2
+
+
+def test_a_classifier_run_that_saved_nothing_starts_again_and_one_that_did_is_kept(tmp_path, monkeypatch):
+    from prefixtune.train import classify
+
+    config = _config(tmp_path, dev=str(_data(tmp_path)), eval_every=2)
+    with monkeypatch.context() as patch:
+        patch.setattr(classify, "_step", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+        with pytest.raises(RuntimeError, match="killed"):
+            train_classifier(config, model_and_tokenizer=_encoder(), progress=False)
+    folder = Path(config.output)
+    assert (folder / "run.json").is_file() and not (folder / "prefix").exists()
+    result = train_classifier(config, model_and_tokenizer=_encoder(), progress=False)
+    assert result.steps == 2 and (folder / "prefix" / "head.safetensors").is_file()
+    saved = (folder / "prefix" / "prefix.safetensors").read_bytes()
+    with pytest.raises(PrefixTuneError, match="saved a prefix.*choose another --output"):
+        train_classifier(config, model_and_tokenizer=_encoder(), progress=False)
+    assert (folder / "prefix" / "prefix.safetensors").read_bytes() == saved
+
+
+def test_a_second_classifier_run_into_a_folder_in_use_is_refused(tmp_path):
+    from prefixtune.train.run_folder import RunLock
+
+    config = _config(tmp_path)
+    with RunLock(Path(config.output), "train"):
+        with pytest.raises(PrefixTuneError, match="is in use by another run"):
+            train_classifier(config, model_and_tokenizer=_encoder(), progress=False)
+    assert sorted(p.name for p in Path(config.output).iterdir()) == ["run.lock"]

@@ -12,7 +12,13 @@ import argparse
 import json
 from pathlib import Path
 
-from prefixtune.cli.options import EVALUATE_COLUMNS, add_dataclass_options, dataclass_from_args
+from prefixtune.cli.options import (
+    EVALUATE_COLUMNS,
+    add_check_weights_option,
+    add_dataclass_options,
+    dataclass_from_args,
+    load_prefix_checked,
+)
 from prefixtune.errors import PrefixTuneError
 from prefixtune.train.classify_config import ClassifyConfig
 from prefixtune.train.config import TrainConfig
@@ -52,7 +58,10 @@ def run_train_classifier(args: argparse.Namespace) -> int:
     config = dataclass_from_args(ClassifyConfig, args)
     result = train_classifier(config, progress=not args.quiet)
     if result.interrupted:
-        print(f"interrupted at step {result.steps}; the run cannot resume, start it again to finish")
+        print(
+            f"interrupted at step {result.steps}; the best prefix so far is in {result.prefix_path} "
+            "(if any). A classifier run does not resume: start it again with another --output to finish"
+        )
         return 130
     if result.best:
         print(f"trained {result.steps} steps; best dev accuracy {100 * result.best['accuracy']:.2f} "
@@ -71,20 +80,22 @@ def is_classifier(prefix: str | None) -> bool:
     return bool(prefix) and (Path(prefix) / HEAD_FILE).is_file()
 
 
-def load_classifier(prefix: str, base: str | None):
-    """The base encoder with the prefix and its head, the tokenizer, and the label names."""
-    from prefixtune import load_prefix
+def load_classifier(args: argparse.Namespace):
+    """The base encoder with the prefix (`--prefix`) and its head, the tokenizer, and the label names."""
     from prefixtune.engine.storage import read_meta
     from prefixtune.loading import load_base
     from prefixtune.train.heads import saved_labels
 
-    read_meta(Path(prefix))  # a bad prefix folder fails before the model loads
-    labels = saved_labels(Path(prefix))
+    prefix = Path(args.prefix)
+    read_meta(prefix)  # a bad prefix folder fails before the model loads
+    labels = saved_labels(prefix)
     if not labels:
         raise PrefixTuneError(f"{prefix} holds no classifier head; train one with --task classify")
-    model, tokenizer = load_base(base or DEFAULT_BASE, task="sequence-classification", num_labels=len(labels))
+    model, tokenizer = load_base(
+        args.base or DEFAULT_BASE, task="sequence-classification", num_labels=len(labels)
+    )
     model.config.id2label = labels
-    return load_prefix(model, prefix), tokenizer, [labels[i] for i in range(len(labels))]
+    return load_prefix_checked(model, prefix, args), tokenizer, [labels[i] for i in range(len(labels))]
 
 
 def run_evaluate_classifier(args: argparse.Namespace) -> int:
@@ -101,7 +112,7 @@ def run_evaluate_classifier(args: argparse.Namespace) -> int:
     examples = read_dataset(
         args.data, fmt=args.format, source_column=text, target_column=label, column_options=EVALUATE_COLUMNS
     )
-    model, tokenizer, names = load_classifier(args.prefix, args.base)
+    model, tokenizer, names = load_classifier(args)
     scores = evaluate_classifier(model, tokenizer, examples, names, args.data, batch_size=args.batch_size)
     print(
         f"accuracy {100 * scores['accuracy']:.2f}  ({len(examples)} examples, loss {scores['dev_loss']:.4f})"
@@ -120,6 +131,7 @@ def setup_classify(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("texts", nargs="*", help="texts to label")
     parser.add_argument("--input", help="a text file with one text per line (instead of TEXTS)")
     parser.add_argument("--batch-size", type=int, default=64, help="texts classified together")
+    add_check_weights_option(parser)
 
 
 def run_classify(args: argparse.Namespace) -> int:
@@ -131,7 +143,7 @@ def run_classify(args: argparse.Namespace) -> int:
         texts += [line.strip() for line in read_text(Path(args.input)).splitlines() if line.strip()]
     if not texts:
         raise PrefixTuneError("nothing to classify: give texts or --input FILE")
-    model, tokenizer, names = load_classifier(args.prefix, args.base)
+    model, tokenizer, names = load_classifier(args)
     for text, row in zip(
         texts, class_logits(model, tokenizer, texts, batch_size=args.batch_size), strict=True
     ):

@@ -7,7 +7,13 @@ import json
 from pathlib import Path
 
 from prefixtune.cli import classify
-from prefixtune.cli.options import EVALUATE_COLUMNS, add_dataclass_options, dataclass_from_args
+from prefixtune.cli.options import (
+    EVALUATE_COLUMNS,
+    add_check_weights_option,
+    add_dataclass_options,
+    dataclass_from_args,
+    load_prefix_checked,
+)
 from prefixtune.errors import PrefixTuneError
 from prefixtune.train.config import TrainConfig
 
@@ -63,6 +69,7 @@ def _add_model_options(parser: argparse.ArgumentParser, needs_prefix: bool = Tru
         help="base model: folder, .gguf file or alias (default: smollm2-135m; minilm-l6 for a classifier)",
     )
     parser.add_argument("--no-prefix", action="store_true", help="run the bare base model, for comparison")
+    add_check_weights_option(parser)
 
 
 def _add_generation_options(parser: argparse.ArgumentParser, beams: int) -> None:
@@ -76,7 +83,6 @@ def _add_generation_options(parser: argparse.ArgumentParser, beams: int) -> None
 
 def _load_model(args: argparse.Namespace):
     """The base model with the prefix loaded (or, with --no-prefix, with none)."""
-    from prefixtune import load_prefix
     from prefixtune.engine.storage import read_meta
     from prefixtune.engine.wrap import wrap
     from prefixtune.loading import load_base
@@ -88,7 +94,7 @@ def _load_model(args: argparse.Namespace):
     base, tokenizer = load_base(name, task=guess_task(name))  # an encoder-decoder folder: seq2seq
     if args.no_prefix or not args.prefix:
         return wrap(base), tokenizer, {"bare": True}
-    return load_prefix(base, args.prefix), tokenizer, {}
+    return load_prefix_checked(base, args.prefix, args), tokenizer, {}
 
 
 def setup_evaluate(parser: argparse.ArgumentParser) -> None:

@@ -15,9 +15,9 @@ def setup_import(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", help="new folder for the prefix")
     parser.add_argument(
         "--base",
-        default="smollm2-135m",
-        help="the base model the adapter was trained on (folder, .gguf file or alias); "
-        "its shapes are checked and its fingerprint is stored with the prefix",
+        help="the base model the adapter was trained on (folder, .gguf file or alias); its shapes are "
+        "checked and its fingerprint is stored with the prefix. Default: the adapter's own "
+        "base_model_name_or_path, when that is a local folder or an alias",
     )
 
 
@@ -29,17 +29,38 @@ def run_import(args: argparse.Namespace) -> int:
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise PrefixTuneError(f"{output} exists and is not an empty folder; choose a new output folder")
     peft = read_peft_prefix(args.adapter)  # a bad adapter fails before the model loads
-    base, _ = load_base(args.base)
+    named = peft.config.get("base_model_name_or_path")
+    base_name = args.base or adapter_base(args.adapter, named)
+    base, _ = load_base(base_name)
     model = import_peft(base, args.adapter)
     model.save(output)
-    named = peft.config.get("base_model_name_or_path")
     print(
         f"imported a PEFT prefix of length {peft.length} over {peft.layers} layers "
         f"({peft.kv_heads} KV heads x {peft.head_dim}) into {output}, positions shifted as in PEFT"
     )
-    if named:
+    if not args.base:
+        print(f"checked against the base model {base_name!r}, named by the adapter")
+    elif named:
         print(f"the adapter names its base model {named!r}; it was checked against --base {args.base}")
     return 0
+
+
+def adapter_base(adapter: str, named: str | None) -> str:
+    """The base model the adapter names (`base_model_name_or_path`), if prefixtune can load it here:
+    a local folder or file, or an alias. Anything else (a Hub id) needs --base: nothing is downloaded."""
+    from prefixtune.loading import ALIASES
+
+    if not named:
+        raise PrefixTuneError(
+            f"{adapter} does not name its base model (no base_model_name_or_path in its config); "
+            "pass --base with the model it was trained on"
+        )
+    if Path(named).expanduser().exists() or named in ALIASES:
+        return named
+    raise PrefixTuneError(
+        f"{adapter} names its base model {named!r}, which is not a local folder or file, nor an alias "
+        f"({', '.join(ALIASES)}); prefixtune downloads nothing: get that model and pass --base FOLDER"
+    )
 
 
 def setup_export(parser: argparse.ArgumentParser) -> None:

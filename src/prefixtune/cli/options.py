@@ -12,7 +12,9 @@ import typing
 from typing import Any
 
 from prefixtune.engine.config import parse_layers
-from prefixtune.errors import PrefixTuneError
+from prefixtune.errors import PrefixTuneError, WeightsMismatch
+
+CLI_WEIGHTS_FIX = "pass that base model with --base, or pass --no-check-weights to apply the prefix anyway"
 
 EVALUATE_COLUMNS = ("--source-column", "--target-column")
 """How `evaluate` names the data's two columns; error messages about a missing column name these."""
@@ -74,3 +76,25 @@ def _layers_option(text: str) -> tuple[int, ...]:
         return parse_layers(text)
     except PrefixTuneError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_check_weights_option(parser: argparse.ArgumentParser) -> None:
+    """`--no-check-weights`: what `load_prefix(..., check_weights=False)` is in Python."""
+    parser.add_argument(
+        "--no-check-weights",
+        dest="check_weights",
+        action="store_false",
+        help="load the prefix even if the base model's weights differ from those it was trained on "
+        "(its shapes are still checked)",
+    )
+
+
+def load_prefix_checked(model, path, args: argparse.Namespace, **options):
+    """`load_prefix` as the command line calls it: `--no-check-weights` skips the weights check, and a
+    mismatch names that flag as the fix (not the Python argument)."""
+    from prefixtune import load_prefix
+
+    try:
+        return load_prefix(model, path, check_weights=getattr(args, "check_weights", True), **options)
+    except WeightsMismatch as err:
+        raise err.with_fix(CLI_WEIGHTS_FIX) from None

@@ -37,15 +37,25 @@ def setup_sweep(parser: argparse.ArgumentParser) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from prefixtune.sweep import check_folder, expand, parse_axes, run_points, write_tables
-    from prefixtune.sweep.plots import write_plots
+    from prefixtune.sweep import check_folder, expand, open_sweep, parse_axes
 
     axes = parse_axes(args.grid)
     fixed = dataclass_from_args(TrainConfig, args)
     points = expand(axes, fixed)
     folder = Path(args.output)
     fixed_settings = {k: v for k, v in fixed.to_dict().items() if k not in axes and k != "output"}
-    check_folder(folder, axes, fixed_settings)
+    check_folder(folder, axes, fixed_settings)  # before anything is created
+    lock = open_sweep(folder, axes, fixed_settings)
+    try:
+        return _sweep(points, folder, axes, args)
+    finally:
+        lock.release()
+
+
+def _sweep(points, folder: Path, axes: dict, args: argparse.Namespace) -> int:
+    from prefixtune.sweep import run_points, write_tables
+    from prefixtune.sweep.plots import write_plots
+
     print(f"sweep of {len(points)} runs into {folder}: " + ", ".join(f"{k} {v}" for k, v in axes.items()))
     try:
         rows = run_points(points, folder, progress=not args.quiet)

@@ -58,7 +58,7 @@ class PrefixBatch:
     visible: torch.Tensor | None = None
     """(B, P) bool: which prefix columns each row may attend to; None: all of them."""
     position_offsets: torch.Tensor | None = None
-    """(B,) long: how far each row's real tokens are shifted (`positions="shifted"`); None: no shift."""
+    """(B or 1,) long: how far each row's real tokens are shifted (`positions="shifted"`); None: no shift."""
     slot_visible: dict[int, torch.Tensor] = field(default_factory=dict)
     """Slot index -> (B, P) bool, replacing `visible` in that slot: a row whose prefix skips the slot
     (`PrefixConfig.layers`) gets zero columns there, masked out, while other rows see theirs."""
@@ -69,10 +69,12 @@ class PrefixBatch:
 
     @property
     def rows(self) -> int:
-        for per_row in (self.visible, self.seen_from):
-            if per_row is not None:
-                return per_row.shape[0]
-        return self._any_key.shape[0]
+        """The stored rows: 1 when every per-row field is shared (broadcast), else the batch's B."""
+        return max(t.shape[0] for t in (self._any_key, *self._per_row()))
+
+    def _per_row(self) -> list[torch.Tensor]:
+        fields = (self.visible, self.position_offsets, self.seen_from, *self.slot_visible.values())
+        return [t for t in fields if t is not None]
 
     @property
     def length(self) -> int:
@@ -90,7 +92,8 @@ class PrefixBatch:
 
     def for_rows(self, rows: int) -> PrefixBatch:
         """This batch as seen by `rows` query rows (a multiple of the stored rows)."""
-        if rows == self.rows or (self.rows == 1 and self.visible is None and self.seen_from is None):
+        # One row stored for every field (one shared prefix): it broadcasts to any number of rows.
+        if rows == self.rows or self.rows == 1:
             return self
         if rows % self.rows:
             raise RuntimeError(f"prefix batch of {self.rows} rows cannot serve {rows} query rows")

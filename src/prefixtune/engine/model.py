@@ -33,7 +33,10 @@ for the default prefix on every row."""
 
 class Attachment(Protocol):
     """What code outside the engine keeps on a PrefixModel (`PrefixModel.attachments`), e.g. a task
-    head: saved with every prefix, and let go of when the model is unloaded."""
+    head: trained with the prefixes, saved with every prefix, let go of when the model is unloaded."""
+
+    def parameters(self) -> list[nn.Parameter]:
+        """What trains with the prefixes (`PrefixModel.prefix_parameters` lists those requiring grad)."""
 
     def extra(self) -> Extra | None:
         """The tensors to save beside each prefix as `NAME.safetensors` (None: nothing to save)."""
@@ -216,7 +219,7 @@ class PrefixModel(nn.Module):
         used = list(dict.fromkeys(n for n in names if n is not None))
         if not used:
             return None
-        batch = self._shared_or_mixed(names, used, rows)
+        batch = self._shared_or_mixed(names, used)
         batch.seen_from = self._seen_from(names, infix_at)
         return batch
 
@@ -235,7 +238,7 @@ class PrefixModel(nn.Module):
         infix_at = torch.as_tensor(infix_at, device=self.device).long().expand(len(names))  # (B,)
         return torch.where(infix, infix_at, 0)
 
-    def _shared_or_mixed(self, names: list[str | None], used: list[str], rows: int) -> PrefixBatch:
+    def _shared_or_mixed(self, names: list[str | None], used: list[str]) -> PrefixBatch:
         if len(used) == 1 and None not in names:  # every row shares one prefix: broadcast, no copies
             only = self.prefixes[used[0]]
             pairs = dict(zip(only.slots, only.slot_tensors(), strict=True))
@@ -243,7 +246,8 @@ class PrefixModel(nn.Module):
             values = [pairs[i][1][None] if i in pairs else None for i in range(len(self.layout.slots))]
             offsets = None
             if only.config.positions == "shifted":
-                offsets = torch.full((rows,), only.length, dtype=torch.long, device=self.device)
+                # one row, like the keys: it broadcasts over beams and returned sequences too
+                offsets = torch.full((1,), only.length, dtype=torch.long, device=self.device)
             return PrefixBatch(keys, values, None, offsets)
         return self._mixed_batch(names, used)
 
@@ -312,10 +316,16 @@ class PrefixModel(nn.Module):
                 raise PrefixTuneError(f"no prefix named {name!r}; this model holds {sorted(self.prefixes)}")
 
     # -- training and storage -------------------------------------------------------------------
-    def prefix_parameters(self, name: str | None = None) -> list[nn.Parameter]:
-        """The trainable parameters: every prefix's, or one prefix's."""
+    def prefix_parameters(self, name: str | None = None, head: bool = True) -> list[nn.Parameter]:
+        """The trainable parameters: every prefix's (or prefix `name`'s), then those that train with
+        the prefixes, if any: the attachments' (a classifier's task head, see `train.heads`;
+        `head=False` leaves them out). Each parameter appears once: hand the list to an optimizer as
+        it is."""
         modules = [self.prefixes[name]] if name is not None else list(self.prefixes.values())
-        return [p for m in modules for p in m.parameters() if p.requires_grad]
+        params = [p for m in modules for p in m.parameters() if p.requires_grad]
+        if head:
+            params += [p for a in self.attachments.values() for p in a.parameters() if p.requires_grad]
+        return list({id(p): p for p in params}.values())
 
     def gradient_checkpointing_enable(self) -> None:
         """Checkpoint the base model's layers.

@@ -45,7 +45,7 @@ class PositionHook:
         if tokens is None:
             return None
         self._check_window(batch.length + _past_length(kwargs) + tokens.shape[1])
-        offsets = batch.for_rows(tokens.shape[0]).position_offsets  # (B,) or None
+        offsets = batch.for_rows(tokens.shape[0]).position_offsets  # (B,) or (1,) shared, or None
         mask = kwargs.get("attention_mask")
         padded = kwargs.get("position_ids") is None and mask is not None and mask.dim() == 2
         if offsets is None and not padded:

@@ -28,9 +28,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from prefixtune.engine.config import PrefixConfig
-from prefixtune.engine.errors import PrefixTuneError
+from prefixtune.engine.errors import PrefixTuneError, WeightsMismatch
 from prefixtune.engine.layout import SlotSpec, select_slots
 from prefixtune.engine.prefix import Prefix
+from prefixtune.engine.schema import check_meta
 
 if TYPE_CHECKING:
     from prefixtune.engine.model import PrefixModel
@@ -144,9 +145,7 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise PrefixTuneError(f"{config_file} is not a prefixtune prefix config")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise PrefixTuneError(f"{path} was written by a newer prefixtune; upgrade prefixtune to read it")
-    for field in ("config", "length", "slots", "base"):
-        if field not in meta:
-            raise PrefixTuneError(f"{config_file} lacks the field {field!r}")
+    check_meta(meta, config_file)  # every field's type and range, or one error naming the field
     return meta
 
 
@@ -203,11 +202,9 @@ def check_fits(meta: dict[str, Any], model: PrefixModel, check_weights: bool) ->
         expected = torch.tensor(base.get("weights_sample", []), dtype=torch.float32)
         actual = torch.tensor(fingerprint(model)["weights_sample"], dtype=torch.float32)
         if expected.shape != actual.shape or not torch.allclose(expected, actual, rtol=2e-2, atol=1e-3):
-            raise PrefixTuneError(
+            raise WeightsMismatch(
                 f"the base model's weights differ from those the prefix was trained on "
-                f"({base.get('architecture')}, {base.get('name_or_path') or 'unnamed'}); "
-                "load that base model, "
-                "or pass check_weights=False to apply it anyway"
+                f"({base.get('architecture')}, {base.get('name_or_path') or 'unnamed'})"
             )
 
 

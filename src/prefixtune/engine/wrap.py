@@ -1,36 +1,14 @@
-"""A Hugging Face model becomes a `PrefixModel`: `wrap` it, then `add_prefix`."""
+"""A Hugging Face model becomes an empty `PrefixModel` (`wrap`), to which prefixes are added
+(`PrefixModel.add`; `prefixtune.add_prefix` does both, and trains a classifier's head)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from prefixtune.engine.config import PrefixConfig
 from prefixtune.engine.errors import PrefixTuneError
 from prefixtune.engine.inject import attach
-from prefixtune.engine.model import DEFAULT_NAME, PrefixModel
-
-
-def add_prefix(
-    model: nn.Module | PrefixModel,
-    config: PrefixConfig | None = None,
-    *,
-    tokenizer=None,
-    name: str = DEFAULT_NAME,
-) -> PrefixModel:
-    """Freeze `model` and give every attention layer a trainable prefix called `name`.
-
-    Args:
-        model: a Hugging Face model (loaded with `attn_implementation` "sdpa" or "eager"), or a
-            `PrefixModel`, to which the prefix is added.
-        config: how the prefix is shaped and initialised (default `PrefixConfig()`).
-        tokenizer: needed for `init="text"`.
-        name: the prefix's name; rows of a batch pick prefixes by name (`prefix=`).
-    """
-    config = config or PrefixConfig()
-    prefix_model = model if isinstance(model, PrefixModel) else wrap(model)
-    prefix_model.add(name, config, tokenizer)
-    return prefix_model
+from prefixtune.engine.model import PrefixModel
 
 
 def wrap(model: nn.Module) -> PrefixModel:

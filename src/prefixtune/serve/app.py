@@ -2,9 +2,11 @@
 
 Routes: `POST /v1/completions` (`model` names a prefix or the base model), `GET /v1/models`,
 `GET /health`, `POST /v1/prefixes` (load a prefix folder) and `DELETE /v1/prefixes/{name}`
-(unload). Every error is OpenAI's error body with a fitting status: 400 for a bad body or
-parameter or a prompt too long for the context, 401 without the API key, 404 for an unknown model,
-409 for a name already taken, 429 when the queue is full, 503 while shutting down.
+(unload; both off unless the operator names prefix roots). Every error is OpenAI's error body with
+a fitting status: 400 for a bad body or parameter or a prompt too long for the context, 401 without
+the API key, 403 for loading while it is off, 404 for an unknown model, 409 for a name already
+taken, 413 for a body over the limit, 429 when the queue is full, 500 for a request whose generation
+failed (that request only), 503 while shutting down or once the worker has stopped.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from prefixtune.engine.model import PrefixModel
-from prefixtune.errors import PrefixTuneError
+from prefixtune.errors import PrefixTuneError, WeightsMismatch
 from prefixtune.serve.config import ServeConfig
 from prefixtune.serve.engine import Engine, Sampling
+from prefixtune.serve.limits import BodyLimit, prompt_char_limit
+from prefixtune.serve.prefixes import NotAllowed, find_prefix_folder, load_for_serving, resolve_roots
 from prefixtune.serve.protocol import (
     CompletionBody,
     LoadBody,
@@ -42,8 +46,13 @@ from prefixtune.serve.protocol import (
 from prefixtune.serve.scheduler import Event, QueueFull, Request, Scheduler, Stopped
 
 _POLL_S = 0.25  # how often a waiting handler checks whether its client is still there
-_KINDS = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-          409: "invalid_request_error", 429: "rate_limit_error", 503: "server_error"}  # fmt: skip
+_KINDS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+          404: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
+          429: "rate_limit_error", 503: "server_error"}  # fmt: skip
+_LOADING_OFF = (
+    "loading and unloading prefixes while serving is off; the operator turns it on by starting the "
+    "server with --prefix-root DIR, and prefixes can then be loaded from folders under DIR"
+)
 
 
 class ApiError(Exception):
@@ -67,6 +76,9 @@ class Served:
     scheduler: Scheduler
     base_name: str
     started: int
+    roots: tuple[Path, ...] = ()
+    """Resolved folders prefixes may be loaded from; none: runtime loading is off."""
+    max_prompt_chars: int | None = None
 
 
 def create_app(model: PrefixModel, tokenizer, config: ServeConfig, base_name: str) -> FastAPI:
@@ -74,7 +86,9 @@ def create_app(model: PrefixModel, tokenizer, config: ServeConfig, base_name: st
     engine = Engine(model, tokenizer)
     wait_s = config.max_wait_ms / 1000
     scheduler = Scheduler(engine, config.max_batch, wait_s, config.max_pending, config.policy)
-    served = Served(model, tokenizer, scheduler, base_name, int(time.time()))
+    roots = resolve_roots(config.prefix_roots)
+    chars = prompt_char_limit(tokenizer, engine.window)
+    served = Served(model, tokenizer, scheduler, base_name, int(time.time()), roots, chars)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -94,6 +108,7 @@ def create_app(model: PrefixModel, tokenizer, config: ServeConfig, base_name: st
     app = FastAPI(title="prefixtune", lifespan=lifespan, dependencies=[Depends(check_key)],
                   docs_url=None, redoc_url=None, openapi_url=None)  # fmt: skip
     app.state.scheduler = scheduler
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     _add_error_handlers(app)
     _add_model_routes(app, served)
     _add_completion_route(app, served)
@@ -105,6 +120,8 @@ def _add_model_routes(app: FastAPI, served: Served) -> None:
 
     @app.get("/health")
     async def health() -> dict:
+        if not scheduler.alive:  # requests would wait for nobody: say so, for the load balancer
+            raise ApiError(503, "the server's worker is not running; restart the server", "worker_down")
         stats = vars(scheduler.stats)
         return {"status": "ok", "running": len(scheduler.running), "waiting": scheduler.waiting, **stats}
 
@@ -122,13 +139,17 @@ def _add_model_routes(app: FastAPI, served: Served) -> None:
 
     @app.post("/v1/prefixes")
     async def load(body: LoadBody) -> dict:
+        if not served.roots:
+            raise ApiError(403, _LOADING_OFF, "runtime_loading_disabled")
         if body.name == base_name:
             raise _name_taken(body.name)
-        await _on_worker(scheduler, lambda: _load(model, body))
+        await _on_worker(scheduler, lambda: _load(model, body, served.roots))
         return model_card(body.name, base_name)
 
     @app.delete("/v1/prefixes/{name}")
     async def unload(name: str) -> dict:
+        if not served.roots:
+            raise ApiError(403, _LOADING_OFF, "runtime_loading_disabled")
         if name == base_name:
             raise ApiError(400, f"{name!r} is the base model, which cannot be unloaded")
         _prefix_of(name, model, base_name)
@@ -142,25 +163,25 @@ def _add_completion_route(app: FastAPI, served: Served) -> None:
     @app.post("/v1/completions")
     async def completions(body: CompletionBody, http: HttpRequest) -> Response:
         prefix = _prefix_of(body.model, served.model, served.base_name)
-        request = _build_request(body, prefix, served.tokenizer, scheduler)
-        queue: asyncio.Queue[Event] = asyncio.Queue()
+        # tokenising a long prompt takes a while: off the event loop, which must keep answering
+        request = await run_in_threadpool(_build_request, body, prefix, served)
+        client = _Client(asyncio.Queue(), http, scheduler, request)
         loop = asyncio.get_running_loop()
-        request.on_event = lambda event: loop.call_soon_threadsafe(queue.put_nowait, event)
+        request.on_event = lambda event: loop.call_soon_threadsafe(client.queue.put_nowait, event)
         try:
             scheduler.submit(request)
         except QueueFull:
             raise ApiError(429, "the server's queue is full; retry later", "queue_full") from None
-        except Stopped:
-            raise ApiError(503, "the server is shutting down") from None
+        except Stopped as err:
+            raise ApiError(503, str(err)) from None
         if not body.stream:
-            return await _collect(queue, http, scheduler, request, body.model)
-        first = await _next_event(queue, http, scheduler, request)
+            return await _collect(client, body.model)
+        first = await client.next_event()
         if first is None:
             return Response(status_code=499)  # the client is gone; nobody reads this
         if first.kind == "error":  # nothing sent yet: answer with a proper status
             raise ApiError(first.status, first.text)
-        stream = _sse(first, queue, http, scheduler, request, body.model)
-        return StreamingResponse(stream, media_type="text/event-stream")
+        return StreamingResponse(_sse(first, client, body.model), media_type="text/event-stream")
 
 
 def _name_taken(name: str) -> ApiError:
@@ -196,8 +217,9 @@ def _prefix_of(name: str, model: PrefixModel, base_name: str) -> str | None:
     return name
 
 
-def _build_request(body: CompletionBody, prefix: str | None, tokenizer, scheduler: Scheduler) -> Request:
+def _build_request(body: CompletionBody, prefix: str | None, served: Served) -> Request:
     """Check the parameters against this server and tokenize the prompts (400 on any problem)."""
+    scheduler = served.scheduler
     unsupported = body.unsupported()
     if unsupported:
         raise ApiError(400, f"{unsupported} is not supported by this server", "unsupported", unsupported)
@@ -210,10 +232,14 @@ def _build_request(body: CompletionBody, prefix: str | None, tokenizer, schedule
             param="n",
         )
     engine = scheduler.engine
-    ids = [list(tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts]
+    _check_characters(prompts, served.max_prompt_chars, engine.window)
+    ids = [list(served.tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts]
     for tokens in ids:
         if not tokens:
             raise ApiError(400, "a prompt is empty (no tokens)", param="prompt")
+        if max(tokens) >= engine.vocab:  # the tokenizer knows tokens the model has no embedding for
+            message = f"the prompt holds token {max(tokens)}, beyond the model's {engine.vocab} embeddings"
+            raise ApiError(400, message, param="prompt")
         try:
             needed = engine.positions_needed(tokens, prefix, body.max_tokens)
         except KeyError:  # unloaded since `_prefix_of` looked
@@ -231,30 +257,57 @@ def _build_request(body: CompletionBody, prefix: str | None, tokenizer, schedule
     return Request(body.model, prefix, ids, body.n, sampling, on_event=lambda _event: None)
 
 
-async def _next_event(
-    queue: asyncio.Queue[Event], http: HttpRequest, scheduler: Scheduler, request: Request
-) -> Event | None:
-    """The request's next event; None (and the request cancelled) if the client disconnected."""
-    try:
-        while True:
-            try:
-                return await asyncio.wait_for(queue.get(), timeout=_POLL_S)
-            except asyncio.TimeoutError:
-                if await http.is_disconnected():
-                    scheduler.cancel(request)
-                    return None
-    except asyncio.CancelledError:
-        scheduler.cancel(request)
-        raise
+def _check_characters(prompts: list[str], limit: int | None, window: int | None) -> None:
+    """Refuse a prompt that cannot fit the context, before the tokenizer spends seconds on it."""
+    for prompt in prompts:
+        if limit is not None and len(prompt) > limit:
+            raise ApiError(
+                400,
+                f"a prompt has {len(prompt)} characters, more than this model's context of {window} "
+                f"positions can hold (at most {limit} characters are read); shorten the prompt",
+                "context_length_exceeded",
+                "prompt",
+            )
 
 
-async def _collect(
-    queue: asyncio.Queue[Event], http: HttpRequest, scheduler: Scheduler, request: Request, name: str
-) -> Response:
-    texts = [""] * request.rows
-    reasons: list[str | None] = [None] * request.rows
+@dataclass
+class _Client:
+    """A completion's handler side: the events the worker sends, and the connection they are for."""
+
+    queue: asyncio.Queue[Event]
+    http: HttpRequest
+    scheduler: Scheduler
+    request: Request
+    checked: float = field(default_factory=time.monotonic)
+    """When the connection was last looked at."""
+
+    async def next_event(self) -> Event | None:
+        """The request's next event; None (and the request cancelled) if the client disconnected.
+
+        The connection is looked at every `_POLL_S` however fast events come: a busy batch keeps the
+        queue full, and a non-streamed reply learns that its client left only by asking.
+        """
+        try:
+            while True:
+                if time.monotonic() - self.checked >= _POLL_S:
+                    self.checked = time.monotonic()
+                    if await self.http.is_disconnected():
+                        self.scheduler.cancel(self.request)
+                        return None
+                try:
+                    return await asyncio.wait_for(self.queue.get(), timeout=_POLL_S)
+                except asyncio.TimeoutError:
+                    continue
+        except asyncio.CancelledError:
+            self.scheduler.cancel(self.request)
+            raise
+
+
+async def _collect(client: _Client, name: str) -> Response:
+    texts = [""] * client.request.rows
+    reasons: list[str | None] = [None] * client.request.rows
     while True:
-        event = await _next_event(queue, http, scheduler, request)
+        event = await client.next_event()
         if event is None:
             return Response(status_code=499)
         if event.kind == "error":
@@ -268,14 +321,7 @@ async def _collect(
             return JSONResponse(body)
 
 
-async def _sse(
-    event: Event,
-    queue: asyncio.Queue[Event],
-    http: HttpRequest,
-    scheduler: Scheduler,
-    request: Request,
-    name: str,
-) -> AsyncIterator[str]:
+async def _sse(event: Event, client: _Client, name: str) -> AsyncIterator[str]:
     """Server-sent events as OpenAI streams them, ending with `data: [DONE]`."""
     request_id, created, done = new_id(), int(time.time()), False
     try:
@@ -290,33 +336,42 @@ async def _sse(
                 return
             text, reason = (event.text, None) if event.kind == "text" else ("", event.finish_reason)
             yield f"data: {json.dumps(chunk(request_id, created, name, event.choice, text, reason))}\n\n"
-            next_event = await _next_event(queue, http, scheduler, request)
+            next_event = await client.next_event()
             if next_event is None:
                 return
             event = next_event
     finally:
         if not done:  # the client went away mid-stream: its rows leave the batch
-            scheduler.cancel(request)
+            client.scheduler.cancel(client.request)
 
 
 async def _on_worker(scheduler: Scheduler, job) -> None:
     """Run `job` on the model's thread between batches; a PrefixTuneError becomes a 400."""
     try:
         future = scheduler.call(job)
-    except Stopped:
-        raise ApiError(503, "the server is shutting down") from None
+    except Stopped as err:
+        raise ApiError(503, str(err)) from None
     try:
         await asyncio.wrap_future(future)
+    except Stopped as err:
+        raise ApiError(503, str(err)) from None
     except PrefixTuneError as err:
         raise ApiError(400, str(err), "bad_prefix", "path") from None
 
 
-def _load(model: PrefixModel, body: LoadBody) -> None:
-    from prefixtune.api import load_prefix
-
+def _load(model: PrefixModel, body: LoadBody, roots: tuple[Path, ...]) -> None:
+    """Runs on the worker thread: find the folder under `roots`, then load it (nothing else changes)."""
     if body.name in model.prefixes:  # loaded by another request while this one waited
         raise _name_taken(body.name)
-    load_prefix(model, Path(body.path).expanduser(), name=body.name)
+    try:
+        folder = find_prefix_folder(body.path, roots)
+    except NotAllowed as err:  # the same answer whatever the reason: the client may not probe files
+        raise ApiError(400, str(err), "prefix_not_found", "path") from None
+    try:
+        load_for_serving(model, folder, body.name, check_weights=body.check_weights)
+    except WeightsMismatch as err:
+        fix = 'load it on a server of that base model, or send "check_weights": false to load it anyway'
+        raise err.with_fix(fix) from None
 
 
 def _unload(model: PrefixModel, name: str) -> None:

@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from torch import nn
 
 from prefixtune.errors import PrefixTuneError
 from prefixtune.serve.scheduler import POLICIES
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+"""A prefix's name must round-trip through a URL path (`DELETE /v1/prefixes/{name}`) and a command
+line (`--prefix NAME=PATH`): no slash, space, `=` or `%`. No dot either: the bank is a ModuleDict."""
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name a prefix, or None if it can."""
+    if not NAME_PATTERN.fullmatch(name):
+        return (
+            f"the prefix name {name!r} is not allowed: use 1 to 64 letters, digits, '_' or '-', "
+            "starting with a letter or digit"
+        )
+    if hasattr(nn.ModuleDict(), name):  # the bank would refuse it (e.g. "train", "keys") with a KeyError
+        return f"the prefix name {name!r} is not allowed: the prefix bank has an attribute of that name"
+    return None
 
 
 @dataclass(frozen=True)
@@ -35,10 +54,20 @@ class ServeConfig:
     """Bearer token every request must send (prefer the PREFIXTUNE_API_KEY variable: a command line
     is visible to other users); unset: no check."""
 
+    prefix_roots: tuple[str, ...] = ()
+    """Folders from which `POST /v1/prefixes` may load prefixes (a folder anywhere below one, after
+    symlinks and `..` are resolved). Empty: loading and unloading while serving are off, as in vLLM."""
+
+    max_body_bytes: int = 2 * 1024 * 1024
+    """Largest request body accepted, in bytes; a larger one is answered 413 before it is parsed."""
+
     def __post_init__(self) -> None:
+        # a bare string or a list from the command line: stored as a tuple, so the config stays hashable
+        roots = (self.prefix_roots,) if isinstance(self.prefix_roots, str) else tuple(self.prefix_roots)
+        object.__setattr__(self, "prefix_roots", tuple(str(r) for r in roots))
         if self.policy not in POLICIES:
             raise PrefixTuneError(f"policy={self.policy!r} is not one of {list(POLICIES)}")
-        for name in ("max_batch", "max_pending"):
+        for name in ("max_batch", "max_pending", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise PrefixTuneError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:

@@ -47,6 +47,9 @@ class Row:
     """Called with each new piece of text (never a piece that may still become a stop string)."""
     on_finish: Callable[[Row], None]
     """Called once, when `finish` is set ("stop" or "length")."""
+    on_error: Callable[[Row, Exception], None] = lambda row, err: None
+    """Called once if choosing or handing out this row's next token raised; the row then leaves the
+    batch with `finish` "error" and the other rows go on."""
     is_cancelled: Callable[[], bool] = lambda: False
     tokens: list[int] = field(default_factory=list)
     text: str = ""
@@ -65,6 +68,8 @@ class Engine:
         self.eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.window: int | None = getattr(model.config, "max_position_embeddings", None)
+        self.vocab: int = model.base.get_input_embeddings().num_embeddings
+        """Token ids the model embeds; a tokenizer with added tokens may make larger ones."""
         # Logits for the last position only: a prompt's full (T, vocab) logits are costly on a 49k vocab.
         accepts = inspect.signature(model.base.forward).parameters
         self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in accepts else {}
@@ -79,10 +84,18 @@ class Engine:
         """Decode `rows` together until each one has finished or was cancelled."""
         device = self.model.device
         ids, mask = left_pad([r.prompt for r in rows], self.pad_id, device)  # (B, T), (B, T)
-        live, cache = list(rows), None
+        live = list(rows)
         # an infix is seen from the prompts' last column on (the cache keeps the column numbers)
         infix_at = torch.tensor(ids.shape[1] - 1, device=device)
         self.model.injector.current = self.model.prefix_batch([r.prefix for r in live], len(live), infix_at)
+        try:
+            self._decode(live, ids, mask, infix_at)
+        finally:  # also after a failed forward: no stale prefix batch stays set on the model
+            self.model.injector.current = None
+
+    def _decode(self, live: list[Row], ids: torch.Tensor, mask: torch.Tensor, infix_at: torch.Tensor) -> None:
+        """The step loop of `run`: one forward for all live rows, then each row's next token."""
+        device, cache = self.model.device, None
         while live:
             # Positions counted from each row's first real token, given explicitly: left to itself the
             # model numbers a padded row from its first pad, and once no row of the batch has a prefix
@@ -99,7 +112,7 @@ class Engine:
             cache = cache_out(out)
             logits = out.logits[:, -1].float()  # (B, V)
             for i, row in enumerate(live):
-                self._advance(row, self._choose(row, logits[i]))
+                self._step(row, logits[i])
             keep = [i for i, row in enumerate(live) if row.finish is None and not row.is_cancelled()]
             if not keep:
                 break
@@ -113,10 +126,19 @@ class Engine:
                 )
             ids = torch.tensor([[row.tokens[-1]] for row in live], device=device)  # (B, 1)
             mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)  # (B, T + 1)
-        self.model.injector.current = None
+
+    def _step(self, row: Row, logits: torch.Tensor) -> None:
+        """Give `row` its next token; whatever this raises fails `row` alone, never its neighbours."""
+        try:
+            self._advance(row, self._choose(row, logits))
+        except Exception as err:  # its numerics, its stop texts, or a callback of its client
+            row.finish = "error"
+            row.on_error(row, err)
 
     def _choose(self, row: Row, logits: torch.Tensor) -> int:
         """The next token for `row` from its (V,) logits."""
+        if torch.isnan(logits).any() or not torch.isfinite(logits.max()):  # -inf alone is a banned token
+            raise ValueError("the model's logits for this row hold NaN or infinity")
         if row.sampling.temperature == 0:
             return int(logits.argmax())
         probs = probabilities(logits, row.sampling.temperature, row.sampling.top_p)
@@ -146,9 +168,13 @@ def probabilities(logits: torch.Tensor, temperature: float, top_p: float) -> tor
     """softmax(logits / temperature) over the nucleus: the most likely tokens whose mass reaches top_p.
 
     Args:
-        logits: (V,). Returns (V,), zero outside the nucleus (multinomial renormalises).
+        logits: (V,), finite or -inf. Returns (V,), zero outside the nucleus (multinomial renormalises).
     """
-    probs = torch.softmax(logits / temperature, dim=-1)
+    # The largest logit is subtracted before dividing, so that a tiny temperature (the schema allows
+    # 5e-324) sends the others to -inf and the best to 0 instead of overflowing to inf - inf = NaN:
+    # the distribution tends to greedy's, as it should. Float64 keeps small temperatures exact longer.
+    shifted = logits.double() - logits.max().double()  # (V,), <= 0
+    probs = torch.softmax(shifted / temperature, dim=-1).to(logits.dtype)
     if top_p >= 1.0:
         return probs
     sorted_probs, order = probs.sort(descending=True)

@@ -8,7 +8,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from prefixtune.serve.config import name_problem
+
 MAX_STOPS = 4  # as in OpenAI's API
+MAX_STOP_CHARS = 1024
+"""Longest stop text: each step searches the text for every stop and holds back a stop's length."""
+SEED_RANGE = (-(2**63), 2**63)
+"""A seed is a signed 64-bit integer, as OpenAI documents it (torch's generator takes any of them)."""
 
 
 class CompletionBody(BaseModel):
@@ -19,13 +25,13 @@ class CompletionBody(BaseModel):
 
     model: str
     prompt: str | list[str]
-    max_tokens: int = Field(16, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(16, ge=1, lt=2**31)
+    temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     stop: str | list[str] | None = None
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1, lt=2**31)
     stream: bool = False
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], lt=SEED_RANGE[1])
     logprobs: int | None = None
     echo: bool = False
     best_of: int | None = None
@@ -46,6 +52,8 @@ class CompletionBody(BaseModel):
             raise ValueError(f"at most {MAX_STOPS} stop sequences, got {len(stops)}")
         if any(not s for s in stops):
             raise ValueError("a stop sequence is empty")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"a stop sequence is longer than {MAX_STOP_CHARS} characters")
         return value
 
     def unsupported(self) -> str | None:
@@ -72,8 +80,21 @@ class LoadBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
-    path: str = Field(min_length=1)
+    name: str
+    """Letters, digits, `.`, `_` and `-`, starting with a letter or digit; 64 characters at most."""
+    path: str = Field(min_length=1, max_length=4096)
+    """A prefix folder under one of the server's `--prefix-root` folders (absolute, or relative to a root)."""
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        problem = name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    check_weights: bool = True
+    """False: load it even if the served base model's weights differ from those it was trained on."""
 
 
 def error_body(message: str, kind: str, code: str | None = None, param: str | None = None) -> dict:

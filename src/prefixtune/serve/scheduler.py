@@ -64,6 +64,8 @@ class Request:
     """Called on the worker thread; must not block."""
     arrived: float = field(default_factory=time.monotonic)
     cancelled: bool = False
+    closed: bool = False
+    """Answered: done, or failed (then `cancelled` too, so that its rows leave the batch)."""
     completion_tokens: int = 0
     _open: int = 0
     _rows: list[Row] = field(default_factory=list)
@@ -112,6 +114,8 @@ class Scheduler:
         self._jobs: deque[tuple[Callable[[], Any], Future]] = deque()
         self._wake = threading.Condition()
         self._stopping = False
+        self._dead = False
+        """The worker thread has ended (after `stop`, or killed by something no handler caught)."""
         self._thread = threading.Thread(target=self._loop, name="prefixtune-serve", daemon=True)
         # one random source for requests without a seed; each request still gets its own generator
         self._seeds = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
@@ -127,7 +131,7 @@ class Scheduler:
             waiting, self._waiting = list(self._waiting), deque()
             self._wake.notify_all()
         for request in waiting:
-            request.on_event(Event("error", status=503, text="the server is shutting down"))
+            _send(request, Event("error", status=503, text="the server is shutting down"))
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -138,12 +142,17 @@ class Scheduler:
     def submit(self, request: Request) -> None:
         """Queue `request`, or raise QueueFull when `max_pending` requests are already held."""
         with self._wake:
-            if self._stopping:
-                raise Stopped()
+            self._check_open()
             if len(self._waiting) + len(self.running) >= self.max_pending:
                 raise QueueFull()
             self._waiting.append(request)
             self._wake.notify_all()
+
+    def _check_open(self) -> None:
+        if self._dead:
+            raise Stopped("the server's worker has stopped; restart the server")
+        if self._stopping:
+            raise Stopped("the server is shutting down")
 
     def cancel(self, request: Request) -> None:
         """The client went away: drop the request from the queue, or its rows from the running batch."""
@@ -157,27 +166,46 @@ class Scheduler:
         """Run `job` on the worker thread between batches (e.g. loading a prefix); its result as a Future."""
         future: Future = Future()
         with self._wake:
-            if self._stopping:
-                raise Stopped()
+            self._check_open()
             self._jobs.append((job, future))
             self._wake.notify_all()
         return future
 
     # -- the worker thread --------------------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread runs and takes work (False before `start` and after `stop`)."""
+        return self._thread.is_alive() and not self._stopping and not self._dead
+
     def _loop(self) -> None:
-        while True:
-            job, batch = self._next_work()
-            if job is None and batch is None:
-                return
-            if job is not None:
-                function, future = job
-                if future.set_running_or_notify_cancel():
-                    try:
-                        future.set_result(function())
-                    except BaseException as err:  # handed to the caller, who decides the status
-                        future.set_exception(err)
-            if batch:
-                self._run(batch)
+        batch: list[Request] | None = None
+        try:
+            while True:
+                batch = None  # not the last batch's requests, should `_next_work` fail
+                job, batch = self._next_work()
+                if job is None and batch is None:
+                    return
+                try:
+                    if job is not None:
+                        _run_job(*job)
+                    if batch:
+                        self._run(batch)
+                except Exception as err:  # a bug of ours: those requests fail, the worker goes on
+                    for request in batch or []:
+                        self._fail(request, 500, f"internal error: {err}")
+        finally:  # the thread ends: whoever still waits is told at once instead of hanging
+            self._close(batch or [])
+
+    def _close(self, batch: list[Request]) -> None:
+        with self._wake:
+            self._dead = True
+            held = [*batch, *self.running, *self._waiting]
+            jobs, self._waiting, self._jobs, self.running = list(self._jobs), deque(), deque(), []
+        for request in dict.fromkeys(held):  # each once, in order
+            self._fail(request, 503, "the server's worker has stopped; restart the server")
+        for _, future in jobs:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(Stopped("the server's worker has stopped"))
 
     def _next_work(self) -> tuple[tuple[Callable[[], Any], Future] | None, list[Request] | None]:
         """Block until there is a job or a batch worth starting; (None, None) when stopping."""
@@ -225,7 +253,12 @@ class Scheduler:
         return batch
 
     def _run(self, batch: list[Request]) -> None:
-        rows = [row for request in batch for row in self._rows(request)]
+        rows = []
+        for request in batch:
+            try:
+                rows += self._rows(request)
+            except Exception as err:  # e.g. a seed torch refuses: this request fails, the batch runs
+                self._fail(request, 500, f"the request could not start: {err}")
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(rows))
         self.stats.rows += len(rows)
@@ -234,12 +267,9 @@ class Scheduler:
         try:
             if rows:
                 self.engine.run(rows)
-        except Exception as err:  # one bad batch must not take the server down
+        except Exception as err:  # the batched forward itself failed: every request in it fails
             for request in batch:
-                if request._open:
-                    self.stats.failed += 1
-                    request._open = 0
-                    request.on_event(Event("error", status=500, text=f"generation failed: {err}"))
+                self._fail(request, 500, f"generation failed: {err}")
         finally:
             for request in batch:
                 if request.cancelled and request._open:
@@ -249,14 +279,21 @@ class Scheduler:
                 self.running = []
                 self._free_since = time.monotonic()
 
+    def _fail(self, request: Request, status: int, text: str) -> None:
+        """End `request` with an error event (once); its rows still in the batch leave at the next step."""
+        if request.closed:
+            return
+        request.closed, request.cancelled, request._open = True, True, 0
+        self.stats.failed += 1
+        _send(request, Event("error", status=status, text=text))
+
     def _rows(self, request: Request) -> list[Row]:
         """The request's rows, or none if it was cancelled or names a prefix unloaded meanwhile."""
         if request.cancelled:
             self.stats.cancelled += 1
             return []
         if request.prefix is not None and request.prefix not in self.engine.model.prefixes:
-            self.stats.failed += 1
-            request.on_event(Event("error", status=404, text=f"the model {request.model!r} was unloaded"))
+            self._fail(request, 404, f"the model {request.model!r} was unloaded")
             return []
         generator = torch.Generator(device=self.engine.model.device)
         seed = request.sampling.seed
@@ -276,6 +313,7 @@ class Scheduler:
                         generator=generator,
                         on_text=lambda row, text, c=choice, r=request: r.on_event(Event("text", c, text)),
                         on_finish=lambda row, c=choice, r=request: self._finished(r, c, row),
+                        on_error=lambda row, err, r=request: self._fail(r, 500, f"generation failed: {err}"),
                         is_cancelled=lambda r=request: r.cancelled,
                     )
                 )
@@ -288,6 +326,7 @@ class Scheduler:
         request.on_event(Event("finish", choice, finish_reason=row.finish))
         request._open -= 1
         if request._open == 0:
+            request.closed = True
             self.stats.completed += 1
             prompt_tokens = sum(len(p) for p in request.prompts)
             usage = {
@@ -296,3 +335,19 @@ class Scheduler:
                 "total_tokens": prompt_tokens + request.completion_tokens,
             }
             request.on_event(Event("done", usage=usage))
+
+
+def _run_job(function: Callable[[], Any], future: Future) -> None:
+    if future.set_running_or_notify_cancel():
+        try:
+            future.set_result(function())
+        except BaseException as err:  # handed to the caller, who decides the status
+            future.set_exception(err)
+
+
+def _send(request: Request, event: Event) -> None:
+    """Hand `event` to the request's client, whatever its callback raises (the client is gone then)."""
+    try:
+        request.on_event(event)
+    except Exception:  # e.g. its event loop has closed: nobody is left to tell
+        pass

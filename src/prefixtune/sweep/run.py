@@ -3,6 +3,7 @@
 Runs live in `OUTPUT/runs/NAME/`, each an ordinary run folder (`prefixtune train --resume` works on
 it). A run that finished has `row.json` beside its files and is skipped when the sweep is started
 again; a run that was interrupted is resumed. Base models are loaded once and shared across runs.
+One sweep at a time holds a sweep folder (`open_sweep`), as one run at a time holds a run folder.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from prefixtune.errors import PrefixTuneError
 from prefixtune.sweep.grid import Point
 from prefixtune.train.loop import RUN_FILE, train
 from prefixtune.train.report import read_log
+from prefixtune.train.run_folder import LOCK_FILE, RunLock
 
 ROW_FILE = "row.json"
+PLAN_FILE = "sweep.json"
 RUNS_DIR = "runs"
 LOSS_WINDOW = 0.1
 """The last fraction of training steps whose loss is averaged as the run's final training loss."""
@@ -103,8 +106,8 @@ def _stored_bytes(prefix_folder: Path) -> int | None:
 
 
 def check_folder(folder: Path, axes: dict[str, list], fixed: dict[str, Any]) -> None:
-    """A sweep folder is new, or holds this same sweep (same axes and fixed settings)."""
-    plan = folder / "sweep.json"
+    """A sweep folder is new, or holds this same sweep (same axes and fixed settings); nothing is written."""
+    plan = folder / PLAN_FILE
     wanted = {"axes": axes, "fixed": fixed}
     if plan.is_file():
         stored = json.loads(plan.read_text(encoding="utf-8"))
@@ -113,7 +116,19 @@ def check_folder(folder: Path, axes: dict[str, list], fixed: dict[str, Any]) -> 
                 f"{folder} holds a sweep with other settings; run that one again or choose a new --output"
             )
         return
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+    if folder.exists() and (not folder.is_dir() or any(p.name != LOCK_FILE for p in folder.iterdir())):
         raise PrefixTuneError(f"--output {folder} holds other files; choose a new or empty folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    plan.write_text(json.dumps(wanted, indent=1) + "\n", encoding="utf-8")
+
+
+def open_sweep(folder: Path, axes: dict[str, list], fixed: dict[str, Any]) -> RunLock:
+    """Take the sweep folder for this sweep (a lock held until `release`) and record its plan."""
+    lock = RunLock(folder, "sweep").acquire()
+    try:
+        check_folder(folder, axes, fixed)  # again: the folder may have changed before the lock
+        plan = folder / PLAN_FILE
+        if not plan.is_file():
+            plan.write_text(json.dumps({"axes": axes, "fixed": fixed}, indent=1) + "\n", encoding="utf-8")
+    except BaseException:
+        lock.release()
+        raise
+    return lock

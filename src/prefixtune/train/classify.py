@@ -4,7 +4,8 @@
 The encoder is frozen; the prefix (every layer) and the task head are trained with AdamW, one
 learning rate, warmup then linear decay, gradient clipping; the dev accuracy is measured every
 `eval_every` steps and the best prefix (with its head) is kept. Unlike `train.loop`, a classifier run
-does not resume from a checkpoint: runs are short, and a killed run is simply started again.
+does not resume from a checkpoint: runs are short, and a killed run is simply started again (in the
+same folder while it has saved no prefix, else in a new one; see `check_folder`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import torch
 from tqdm.auto import tqdm
 
 from prefixtune.data import Example, read_dataset
-from prefixtune.engine.wrap import add_prefix
+from prefixtune.engine.model import DEFAULT_NAME
+from prefixtune.engine.wrap import wrap
 from prefixtune.errors import PrefixTuneError
-from prefixtune.train import report
+from prefixtune.train import report, run_folder
+from prefixtune.train.checkpoint import CHECKPOINT
 from prefixtune.train.classify_config import ClassifyConfig
 from prefixtune.train.dropout import dropout_off
 from prefixtune.train.heads import train_head
@@ -97,16 +100,34 @@ def _tokenize(tokenizer, texts: list[str], max_tokens: int) -> dict[str, torch.T
     return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
-def prepare_folder(config: ClassifyConfig) -> Path:
-    """A new (or empty) run folder holding the run's settings; nothing is overwritten."""
+def check_folder(config: ClassifyConfig) -> None:
+    """The run folder is new or empty, or holds a run that saved nothing (it is started again).
+
+    A classifier run does not resume, so one that saved a prefix is kept and refused as a target.
+    """
     folder = Path(config.output)
-    if folder.exists() and not folder.is_dir():
-        raise PrefixTuneError(f"--output {folder} exists and is not a folder")
-    if folder.is_dir() and any(folder.iterdir()):
-        raise PrefixTuneError(f"--output {folder} is not empty; choose a new or empty folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / RUN_FILE).write_text(json.dumps({"task": "classify", **config.to_dict()}, indent=2) + "\n")
-    return folder
+    run_folder.check_folder(folder)
+    if (folder / PREFIX_DIR).exists() or (folder / CHECKPOINT).exists():
+        raise PrefixTuneError(
+            f"--output {folder} already holds a run that saved a prefix; a classifier run does not "
+            "resume: choose another --output folder"
+        )
+
+
+def open_folder(config: ClassifyConfig) -> run_folder.RunLock:
+    """Take the run folder (a lock held until `release`), clear what a start that saved nothing left,
+    and write this run's settings."""
+    folder = Path(config.output)
+    lock = run_folder.RunLock(folder, "train --task classify").acquire()
+    try:
+        check_folder(config)  # again: the folder may have changed before the lock
+        run_folder.clear_dead_start(folder)
+        record = {"task": "classify", **config.to_dict()}
+        (folder / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def load_classifier_base(base: str, labels: list[str]):
@@ -127,13 +148,27 @@ def train_classifier(
     Args:
         model_and_tokenizer: a loaded (base with a sequence head, tokenizer) instead of `config.base`.
     """
-    train_set, dev_set, names = _read_data(config)  # bad data fails before the run folder is made
+    # Everything that can fail on a user's mistake fails before the run folder is created or changed:
+    train_set, dev_set, names = _read_data(config)  # bad data
     targets = label_ids(train_set, names, config.train)
-    folder = prepare_folder(config)
-    base, tokenizer = model_and_tokenizer or load_classifier_base(config.base, names)
+    check_folder(config)  # a folder holding something else
+    base, tokenizer = model_and_tokenizer or load_classifier_base(config.base, names)  # a bad base
     base.config.id2label = dict(enumerate(names))
-    model = add_prefix(base, config.prefix_config(), tokenizer=tokenizer)
-    params = model.prefix_parameters() + train_head(model, seed=config.seed, pooling=config.pooling)
+    model = wrap(base)
+    model.add(DEFAULT_NAME, config.prefix_config(), tokenizer)  # bad layers
+    lock = open_folder(config)
+    try:
+        return _run(config, model, tokenizer, (train_set, targets, dev_set, names), progress)
+    finally:
+        lock.release()
+
+
+def _run(config: ClassifyConfig, model, tokenizer, data, progress: bool) -> ClassifyResult:
+    """The training loop proper, in a run folder this process holds."""
+    train_set, targets, dev_set, names = data
+    folder = Path(config.output)
+    train_head(model, seed=config.seed, pooling=config.pooling)  # a fresh head, seeded
+    params = model.prefix_parameters()  # the prefix, then the head
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _warmup_then_decay(config.warmup_steps, config.steps)

@@ -11,6 +11,7 @@ from typing import Any
 
 from prefixtune.engine.config import PrefixConfig
 from prefixtune.errors import PrefixTuneError
+from prefixtune.train.config import check_numbers
 from prefixtune.train.heads import POOLINGS
 
 DROPOUT_CHOICES = ("off", "on")
@@ -80,8 +81,7 @@ class ClassifyConfig:
                 raise PrefixTuneError(
                     f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
                 )
-        if self.lr <= 0:
-            raise PrefixTuneError(f"--lr must be positive, got {self.lr}")
+        check_numbers(self)
         if self.pooling not in POOLINGS:
             raise PrefixTuneError(f"--pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.dropout not in DROPOUT_CHOICES:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,8 +92,7 @@ class TrainConfig:
                 raise PrefixTuneError(
                     f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
                 )
-        if self.lr <= 0:
-            raise PrefixTuneError(f"--lr must be positive, got {self.lr}")
+        check_numbers(self)
         if self.layers is not None:  # a list from run.json: kept as a tuple, as the command line gives
             object.__setattr__(self, "layers", self.prefix_config().layers)
         self.prefix_config()  # validates the prefix fields
@@ -121,6 +121,18 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+def check_numbers(config: Any) -> None:
+    """`--lr` a positive number; `--weight-decay` and `--max-grad-norm` numbers from 0 (nan and inf would
+    only show up as a run of nan losses, or as a folder left behind by a run that could not start)."""
+    lr = config.lr
+    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+        raise PrefixTuneError(f"--lr must be a positive number, got {lr}")
+    for name in ("weight_decay", "max_grad_norm"):
+        value = getattr(config, name)
+        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            raise PrefixTuneError(f"--{name.replace('_', '-')} must be a number from 0 up, got {value}")
 
 
 # Settings that may change when a run is resumed without changing what it computes.

@@ -6,10 +6,13 @@ linear layer on the pooled first token; RoBERTa/ELECTRA: dense, tanh, linear on 
 token classification: a linear layer on every token). The prefix and the head are trained; the
 backbone, pooler included, stays frozen, as P-Tuning v2 does.
 
-The head is saved with the prefix as `head.safetensors` and restored by `load_prefix`: a `Head` kept
-in `PrefixModel.attachments["head"]`, which the engine saves with every prefix without knowing what
-it is. It belongs to the base model, so a PrefixModel has one head, shared by all its prefixes: rows
-of one batch can carry different prefixes but not different heads.
+`add_prefix` makes a classifier's head trainable by default (its parameters join
+`prefix_parameters()`; `train_head=False` keeps it frozen), so that training what `prefix_parameters()`
+returns never trains a prefix against a random frozen head. The head is saved with the prefix as
+`head.safetensors` and restored by `load_prefix`: a `Head` kept in `PrefixModel.attachments["head"]`,
+which the engine trains and saves with every prefix without knowing what it is. It belongs to the
+base model, so a PrefixModel has one head, shared by all its prefixes: rows of one batch can carry
+different prefixes but not different heads.
 
 Where this departs from P-Tuning v2: its code applies dropout to the prefix keys/values while
 training; here the prefix gets none (only the frozen model's own dropout runs, unless the classifier
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,11 +43,50 @@ from torch.utils.hooks import RemovableHandle
 from prefixtune.engine.model import PrefixModel
 from prefixtune.engine.storage import Extra, read_extra
 from prefixtune.errors import PrefixTuneError
+from prefixtune.loading import NEW_HEAD
 
 HEAD = "head"
 """The head's name among `PrefixModel.attachments`, and so its file's: `head.safetensors`."""
 HEAD_FILE = f"{HEAD}.safetensors"
 POOLINGS = ("first", "mean")
+CLASSIFIERS = ("ForSequenceClassification", "ForTokenClassification")
+"""Class-name endings of the Hugging Face models whose head trains with the prefix by default."""
+
+
+def is_classifier(base: nn.Module) -> bool:
+    """A Hugging Face classifier: a backbone plus a task head (`...ForSequenceClassification`,
+    `...ForTokenClassification`), unlike a language model whose LM head is part of the pretrained model."""
+    return type(base).__name__.endswith(CLASSIFIERS)
+
+
+def default_head(model: PrefixModel, train: bool) -> None:
+    """What `add_prefix` does with a classifier's head: make it trainable with the prefixes (`train`,
+    the default, as P-Tuning v2 and PEFT do), or leave it frozen, warning if it is new and so random."""
+    if not is_classifier(model.base):
+        return
+    if train:
+        head = head_of(model)
+        train_head(model, reset=False, pooling=head.pooling if head is not None else "first")
+    else:
+        warn_if_untrained(model, "add_prefix(..., train_head=False) keeps it frozen", stacklevel=4)
+
+
+def warn_if_untrained(model: PrefixModel, why: str, stacklevel: int = 3) -> None:
+    """Warn when the base's head is new (missing from its checkpoint) and neither trained nor restored.
+
+    Args:
+        stacklevel: the warning points at the caller this many frames up (the user's call).
+    """
+    new = getattr(model.base, NEW_HEAD, ())
+    head = head_of(model)
+    if new and not (head is not None and head.names):
+        warnings.warn(
+            f"the task head of {type(model.base).__name__} ({', '.join(new)}) was newly initialised, as "
+            f"its checkpoint has none, and {why}: its outputs are random until it is trained "
+            "(prefixtune.train.heads.train_head) or restored (load_prefix of a prefix saved with its head)",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
 
 
 @dataclass

@@ -17,17 +17,17 @@ import torch
 from tqdm.auto import tqdm
 
 from prefixtune.data import Example, read_dataset
-from prefixtune.engine.wrap import add_prefix
+from prefixtune.engine.model import DEFAULT_NAME
+from prefixtune.engine.wrap import wrap
 from prefixtune.errors import PrefixTuneError
 from prefixtune.train import distributed, report
-from prefixtune.train.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
+from prefixtune.train.checkpoint import CHECKPOINT, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from prefixtune.train.config import RESUMABLE_CHANGES, TrainConfig
 from prefixtune.train.encode import bucketed_batches
 from prefixtune.train.evaluate import dev_loss, evaluate_prefix
+from prefixtune.train.run_folder import PREFIX_DIR, RUN_FILE, RunLock, check_folder, clear_dead_start
 from prefixtune.train.seq2seq import guess_task, recipe_for
 
-RUN_FILE = "run.json"
-PREFIX_DIR = "prefix"
 DEV_LOSS_EXAMPLES = 64
 
 
@@ -89,12 +89,27 @@ def train(
 
 
 def _train(config: TrainConfig, resume: bool, model_and_tokenizer, progress: bool) -> TrainResult:
+    # Everything that can fail on a user's mistake fails before the run folder is created or changed:
+    train_set, dev_set = load_data(config)  # bad data
+    distributed.on_main(check_output, config, resume)  # a folder holding another run, or nothing to resume
+    base, tokenizer = model_and_tokenizer or _load_base(config.base)  # a bad base model
+    model = wrap(distributed.place(base))
+    model.add(DEFAULT_NAME, config.prefix_config(), tokenizer)  # bad layers
+    opened = distributed.on_main(open_output, config, resume)
+    lock, continuing = opened or (None, False)
+    try:
+        data = (train_set, dev_set)
+        return _run(config, model, tokenizer, data, distributed.from_main(continuing), progress)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(config: TrainConfig, model, tokenizer, data, continuing: bool, progress: bool) -> TrainResult:
+    """The training loop proper, in a run folder this process holds; `continuing`: from its checkpoint."""
     main = distributed.current().main
-    train_set, dev_set = load_data(config)  # bad data fails before the run folder is created
-    distributed.on_main(prepare_output, config, resume)
     folder = Path(config.output)
-    base, tokenizer = model_and_tokenizer or _load_base(config.base)
-    model = add_prefix(distributed.place(base), config.prefix_config(), tokenizer=tokenizer)
+    train_set, dev_set = data
     # decoder-only: [x; y] in one stream; encoder-decoder: x to the encoder, y as labels (train/seq2seq.py)
     recipe = recipe_for(model)
     encoded = recipe.encode(train_set, tokenizer, config.max_source_tokens, config.max_target_tokens)
@@ -106,7 +121,7 @@ def _train(config: TrainConfig, resume: bool, model_and_tokenizer, progress: boo
     cursor = Cursor(config.seed, config.batch_size, [len(e.input_ids) for e in encoded])
     run = {"step": 0, "best": {}, "bad_evals": 0}
     torch.manual_seed(config.seed)
-    if resume:
+    if continuing:
         _restore(folder, model, optimizer, scheduler, cursor, run)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     context = _RunContext(config, folder, model, tokenizer, dev_set, optimizer, scheduler, cursor, run)
@@ -276,12 +291,16 @@ def _restore(folder, model, optimizer, scheduler, cursor, run) -> None:
         report.truncate_log(folder, state["step"])
 
 
-def prepare_output(config: TrainConfig, resume: bool) -> Path:
-    """Check the run folder: new, or (with resume) holding this same run. Nothing is overwritten."""
+def check_output(config: TrainConfig, resume: bool) -> bool:
+    """Check the run folder without changing it: new, or holding this same run (with resume), or a run
+    that never reached a checkpoint (it starts afresh). Nothing is overwritten.
+
+    Returns whether the run continues from a checkpoint.
+    """
     folder = Path(config.output)
+    check_folder(folder)
     run_file = folder / RUN_FILE
-    if folder.exists() and not folder.is_dir():
-        raise PrefixTuneError(f"--output {folder} exists and is not a folder")
+    has_checkpoint = (folder / CHECKPOINT).is_file()
     if resume:
         if not run_file.exists():
             raise PrefixTuneError(f"nothing to resume in {folder}: it holds no {RUN_FILE}")
@@ -294,17 +313,35 @@ def prepare_output(config: TrainConfig, resume: bool) -> Path:
                 f"{folder} holds a run with other settings ({', '.join(changed)}); "
                 "resume it with its own settings or train into a new --output folder"
             )
-        remove_stale_temporaries(folder)
-        return folder
-    if run_file.exists():
+        return has_checkpoint
+    if has_checkpoint:
         raise PrefixTuneError(
             f"{folder} already holds a run; pass --resume to continue it, or choose another --output folder"
         )
-    if folder.is_dir() and any(folder.iterdir()):
-        raise PrefixTuneError(f"--output {folder} holds other files; choose a new or empty folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
-    return folder
+    return False
+
+
+def open_output(config: TrainConfig, resume: bool) -> tuple[RunLock, bool]:
+    """Take the run folder for this run (a lock held until `release`) and set it up.
+
+    Returns the lock and whether the run continues from a checkpoint. Without one, whatever an earlier
+    start left (settings, a partial log) is cleared and this run's settings are written.
+    """
+    folder = Path(config.output)
+    lock = RunLock(folder, "train").acquire()
+    try:
+        continuing = check_output(config, resume)  # again: the folder may have changed before the lock
+        if continuing:
+            remove_stale_temporaries(folder)
+        else:
+            if resume:
+                tqdm.write(f"{folder} holds no checkpoint yet: the run starts afresh")
+            clear_dead_start(folder)
+            (folder / RUN_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    except BaseException:
+        lock.release()
+        raise
+    return lock, continuing
 
 
 def load_data(config: TrainConfig) -> tuple[list[Example], list[Example]]:
