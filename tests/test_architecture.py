@@ -246,3 +246,49 @@ def test_the_engine_keeps_no_module_level_mutable_state():
         for line, what in _shared_state(ast.parse(file.read_text(encoding="utf-8")))
     ]
     assert not found, "module-level state in the engine:\n" + "\n".join(found)
+
+
+def _calls(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, name) of every call: `x.backward()` -> "backward", `torch.optim.AdamW(...)` -> "AdamW"."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+            found.append((node.lineno, str(name)))
+    return found
+
+
+def test_one_training_loop():
+    """Only `train/loop.py` builds an optimizer and runs backward passes: every run (generation, the
+    classifier) is a recipe of that loop (`recipe.Task`), not a copy of it."""
+    loops = sorted(
+        f"{MODULES[m].relative_to(SRC)}:{line} calls {name}"
+        for m in MODULES
+        for line, name in _calls(ast.parse(MODULES[m].read_text(encoding="utf-8")))
+        if name in ("backward", "AdamW", "clip_grad_norm_", "LambdaLR") and m != "prefixtune.train.loop"
+    )
+    assert not loops, "a training loop outside train/loop.py:\n" + "\n".join(loops)
+
+
+def test_no_module_imports_another_modules_private_names():
+    private = [
+        f"{MODULES[m].relative_to(SRC)}:{node.lineno} imports {alias.name} from {node.module}"
+        for m in MODULES
+        for node in ast.walk(ast.parse(MODULES[m].read_text(encoding="utf-8")))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("prefixtune")
+        for alias in node.names
+        if alias.name.startswith("_") and not alias.name.startswith("__")
+    ]
+    assert not private, "\n".join(private)
+
+
+def test_the_classifier_config_holds_a_prefix_config_rather_than_restating_its_fields():
+    import dataclasses
+
+    from prefixtune.engine.config import PrefixConfig
+    from prefixtune.train.classify_config import ClassifyConfig
+
+    fields = {f.name: f for f in dataclasses.fields(ClassifyConfig)}
+    prefix_fields = {f.name for f in dataclasses.fields(PrefixConfig)} - {"seed"}  # the seed is the run's
+    assert fields["prefix"].type in (PrefixConfig, "PrefixConfig")
+    assert not prefix_fields & set(fields), "ClassifyConfig restates PrefixConfig's fields"

@@ -26,7 +26,9 @@ def test_kind_and_layers_options_build_the_prefix_config():
     assert (prefix.kind, prefix.layers, prefix.positions) == ("embedding", (-2, -1), "shifted")
     assert TrainConfig(train="t.csv", layers=[0, 1]).layers == (0, 1)  # as read back from run.json
     assert TrainConfig(train="t.csv").prefix_config().positions == "keep"
-    assert ClassifyConfig(train="t.csv", layers=[-1]).prefix_config().layers == (-1,)  # P-Tuning v2 depth
+    assert ClassifyConfig.from_dict({"train": "t.csv", "layers": [-1]}).prefix_config().layers == (
+        -1,
+    )  # depth
 
 
 def test_bad_layers_and_kinds_are_usage_errors(capsys):

@@ -86,6 +86,7 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     from prefixtune.data import read_dataset
     from prefixtune.train.encode import encode_examples
     from prefixtune.train.loop import _step
+    from prefixtune.train.recipe import recipe_for
 
     config = _config(tmp_path, max_grad_norm=0.0)
     tokenizer = word_tokenizer()
@@ -98,7 +99,17 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
         optimizer = torch.optim.SGD(params, lr=1.0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         cursor = _FixedCursor([list(range(i, i + batch_size)) for i in range(0, 8, batch_size)])
-        _step(model, encoded, cursor, 0, params, optimizer, scheduler, config.replace(grad_accum=accum))
+        _step(
+            model,
+            encoded,
+            cursor,
+            0,
+            params,
+            optimizer,
+            scheduler,
+            config.replace(grad_accum=accum),
+            recipe_for(model),
+        )
         after.append(params[0].detach().clone())
     assert (after[0] - initial).abs().max() > 1e-3  # a step was taken
     torch.testing.assert_close(after[1], after[0], rtol=1e-5, atol=1e-6)
@@ -183,7 +194,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 
 
 def test_low_data_runs_draw_their_examples_with_the_seed(tmp_path):
-    from prefixtune.train.loop import load_data
+    from prefixtune.train.generation import load_data
 
     full, _ = load_data(_config(tmp_path))
     draws = {seed: load_data(_config(tmp_path, max_train_examples=10, seed=seed))[0] for seed in (0, 1)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,10 @@ from encoders import make_encoder
 from synthetic import word_tokenizer
 
 from prefixtune import PrefixTuneError, add_prefix
-from prefixtune.train.classify import _Order, _tokenize, train_classifier
+from prefixtune.train.classify import _tokenize, shuffled_batches, train_classifier
 from prefixtune.train.classify_config import ClassifyConfig
 from prefixtune.train.heads import train_head
+from prefixtune.train.loop import Cursor
 
 ROWS = [(f"w{10 + i % 3} w{30 + i} w{40 + i % 7}", "good" if i % 2 else "bad") for i in range(16)]
 
@@ -33,7 +35,7 @@ def _first_loss(config: ClassifyConfig) -> float:
     """The first batch's loss of the untrained prefix and head, computed in eval mode (no dropout)."""
     model = add_prefix(make_encoder("bert", head="sequence", labels=2), config.prefix_config())
     train_head(model, seed=config.seed, pooling=config.pooling)
-    rows = _Order(len(ROWS), config.batch_size, config.seed).next()
+    rows = Cursor(config.seed, partial(shuffled_batches, len(ROWS), config.batch_size)).next()
     batch = _tokenize(word_tokenizer(), [ROWS[i][0] for i in rows], config.max_tokens)
     labels = torch.tensor([int(ROWS[i][1] == "good") for i in rows])  # classes sorted: bad, good
     with torch.no_grad():
@@ -42,13 +44,15 @@ def _first_loss(config: ClassifyConfig) -> float:
 
 @pytest.mark.parametrize("dropout", ["off", None])  # None: the default
 def test_dropout_off_trains_on_the_eval_mode_loss_and_the_default_does_not(tmp_path, dropout):
-    config = ClassifyConfig(
-        train=str(_data(tmp_path)),
-        output=str(tmp_path / "run"),
-        steps=2,
-        batch_size=8,
-        length=3,
-        **({"dropout": dropout} if dropout else {}),
+    config = ClassifyConfig.from_dict(
+        dict(
+            train=str(_data(tmp_path)),
+            output=str(tmp_path / "run"),
+            steps=2,
+            batch_size=8,
+            length=3,
+            **({"dropout": dropout} if dropout else {}),
+        )
     )
     base = make_encoder("bert", head="sequence", labels=2)
     rates = [m.p for m in base.modules() if isinstance(m, torch.nn.Dropout)]
@@ -64,7 +68,7 @@ def test_dropout_off_trains_on_the_eval_mode_loss_and_the_default_does_not(tmp_p
 
 def _config(tmp_path: Path, **changes) -> ClassifyConfig:
     settings = {"train": str(_data(tmp_path)), "output": str(tmp_path / "run"), "steps": 2, "batch_size": 8}
-    return ClassifyConfig(**{**settings, "length": 3, **changes})
+    return ClassifyConfig.from_dict({**settings, "length": 3, **changes})
 
 
 def _encoder():
@@ -86,11 +90,11 @@ def test_a_classifier_start_that_fails_creates_no_run_folder(tmp_path, change, m
 
 
 def test_a_classifier_run_that_saved_nothing_starts_again_and_one_that_did_is_kept(tmp_path, monkeypatch):
-    from prefixtune.train import classify
+    from prefixtune.train import loop
 
     config = _config(tmp_path, dev=str(_data(tmp_path)), eval_every=2)
     with monkeypatch.context() as patch:
-        patch.setattr(classify, "_step", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+        patch.setattr(loop, "_step", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
         with pytest.raises(RuntimeError, match="killed"):
             train_classifier(config, model_and_tokenizer=_encoder(), progress=False)
     folder = Path(config.output)

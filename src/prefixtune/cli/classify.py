@@ -16,7 +16,6 @@ from prefixtune.cli.options import (
     EVALUATE_COLUMNS,
     add_check_weights_option,
     add_dataclass_options,
-    dataclass_from_args,
     load_prefix_checked,
 )
 from prefixtune.errors import PrefixTuneError
@@ -39,8 +38,8 @@ def add_task_options(parser: argparse.ArgumentParser) -> None:
         "and head on an encoder (P-Tuning v2), with its own defaults: base minilm-l6, flat prefix of 16, "
         "random init, lr 1e-2, batch 32, 1000 steps",
     )
-    shared = {f.dest for f in parser._actions}
-    add_dataclass_options(parser, ClassifyConfig, skip=tuple(shared))
+    shared = {f.dest for f in parser._actions}  # the prefix's options among them (`PREFIX_OPTIONS`)
+    add_dataclass_options(parser, ClassifyConfig, skip=(*shared, "prefix"))
 
 
 def run_train_classifier(args: argparse.Namespace) -> int:
@@ -48,14 +47,12 @@ def run_train_classifier(args: argparse.Namespace) -> int:
 
     if args.resume:
         raise PrefixTuneError("--resume is not supported with --task classify; start the run again")
-    classify_fields = set(ClassifyConfig.__dataclass_fields__)
-    foreign = sorted(
-        k for k in vars(args) if k in TrainConfig.__dataclass_fields__ and k not in classify_fields
-    )
+    options = ClassifyConfig.options()
+    foreign = sorted(k for k in vars(args) if k in TrainConfig.__dataclass_fields__ and k not in options)
     if foreign:
         names = ", ".join("--" + k.replace("_", "-") for k in foreign)
         raise PrefixTuneError(f"{names} do(es) not apply to --task classify")
-    config = dataclass_from_args(ClassifyConfig, args)
+    config = ClassifyConfig.from_dict(vars(args))
     result = train_classifier(config, progress=not args.quiet)
     if result.interrupted:
         print(

@@ -34,7 +34,7 @@ def setup_train(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from prefixtune.train import train
-    from prefixtune.train.loop import RUN_FILE
+    from prefixtune.train.run_folder import RUN_FILE
 
     if args.task == "classify":
         return classify.run_train_classifier(args)

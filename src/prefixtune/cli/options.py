@@ -53,11 +53,6 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, base: dict[str, Any
     return cls(**{**(base or {}), **given})
 
 
-def explicit_options(cls: type, args: argparse.Namespace) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in vars(args).items() if k in names}
-
-
 def _base_type(hint: Any) -> Any:
     """`int | None` -> int; the option then parses that type (None stays the default).
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from prefixtune.errors import PrefixTuneError
 from prefixtune.sweep.grid import Point
-from prefixtune.train.loop import RUN_FILE, train
+from prefixtune.train.generation import train
 from prefixtune.train.report import read_log
-from prefixtune.train.run_folder import LOCK_FILE, RunLock
+from prefixtune.train.run_folder import LOCK_FILE, RUN_FILE, RunLock
 
 ROW_FILE = "row.json"
 PLAN_FILE = "sweep.json"

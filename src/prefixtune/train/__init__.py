@@ -1,11 +1,12 @@
 """Training, evaluation and generation over datasets: what `prefixtune train` and `demo` run.
 
 - `TrainConfig`: every setting of a run (its attribute docstrings are the CLI's `--help`).
-- `train(config)`: a resumable training run; writes the prefix, checkpoints, a JSONL log and a plot.
+- `train(config)`: a resumable generation run (`generation.py`) on the one loop (`loop.py`); writes
+  the prefix, checkpoints, a JSONL log and a plot. `classify.py` is the classifier run on the same loop.
 - `generate_texts`, `evaluate_prefix`: batched decoding and E2E-style scoring.
 
-Names are imported on first use: `api.load_prefix` reads a classifier's head through `train.heads`
-without loading the training loop (which imports `api`).
+Names are imported on first use, so that `api.load_prefix` reads a classifier's head through
+`train.heads` without loading the training stack.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from prefixtune.train.config import TrainConfig
     from prefixtune.train.evaluate import evaluate_prefix, generate_texts
-    from prefixtune.train.loop import TrainResult, train
+    from prefixtune.train.generation import train
+    from prefixtune.train.loop import TrainResult
 
 _EXPORTS = {
     "TrainConfig": "prefixtune.train.config",
     "TrainResult": "prefixtune.train.loop",
     "evaluate_prefix": "prefixtune.train.evaluate",
     "generate_texts": "prefixtune.train.evaluate",
-    "train": "prefixtune.train.loop",
+    "train": "prefixtune.train.generation",
 }
 __all__ = ["TrainConfig", "TrainResult", "evaluate_prefix", "generate_texts", "train"]
 

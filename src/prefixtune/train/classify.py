@@ -1,35 +1,37 @@
 """Training and evaluating a classifier prefix (P-Tuning v2): what `prefixtune train --task classify`,
 `prefixtune evaluate` (on a prefix folder holding a head) and `prefixtune classify` run.
 
-The encoder is frozen; the prefix (every layer) and the task head are trained with AdamW, one
-learning rate, warmup then linear decay, gradient clipping; the dev accuracy is measured every
-`eval_every` steps and the best prefix (with its head) is kept. Unlike `train.loop`, a classifier run
-does not resume from a checkpoint: runs are short, and a killed run is simply started again (in the
-same folder while it has saved no prefix, else in a new one; see `check_folder`).
+The encoder is frozen; the prefix (every layer) and the task head are trained on the one loop
+(`loop.run`: AdamW, one learning rate, warmup then linear decay, gradient clipping) with this
+recipe: shuffled batches of texts, the summed cross-entropy of their labels, the dev accuracy every
+`eval_every` steps, the best prefix (with its head) kept. Unlike a generation run, a classifier run
+writes no checkpoint and does not resume: runs are short, and a killed run is simply started again
+(in the same folder while it has saved no prefix, else in a new one; see `check_folder`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from torch.nn import functional
 
 from prefixtune.data import Example, read_dataset
 from prefixtune.engine.model import DEFAULT_NAME
 from prefixtune.engine.wrap import wrap
 from prefixtune.errors import PrefixTuneError
-from prefixtune.train import report, run_folder
+from prefixtune.train import run_folder
 from prefixtune.train.checkpoint import CHECKPOINT
 from prefixtune.train.classify_config import ClassifyConfig
 from prefixtune.train.dropout import dropout_off
 from prefixtune.train.heads import train_head
-from prefixtune.train.loop import PREFIX_DIR, RUN_FILE, TrainResult, _Interrupt, _warmup_then_decay
+from prefixtune.train.loop import TrainResult, run
+from prefixtune.train.recipe import Recipe, Task
+from prefixtune.train.run_folder import PREFIX_DIR, RUN_FILE
 
 TASK = "sequence-classification"
 
@@ -164,43 +166,57 @@ def train_classifier(
 
 
 def _run(config: ClassifyConfig, model, tokenizer, data, progress: bool) -> ClassifyResult:
-    """The training loop proper, in a run folder this process holds."""
+    """The run on the one loop, in a run folder this process holds."""
     train_set, targets, dev_set, names = data
-    folder = Path(config.output)
     train_head(model, seed=config.seed, pooling=config.pooling)  # a fresh head, seeded
-    params = model.prefix_parameters()  # the prefix, then the head
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _warmup_then_decay(config.warmup_steps, config.steps)
+    batching = {"batch_size": 2 * config.batch_size, "max_tokens": config.max_tokens}
+    scores = partial(evaluate_classifier, model, tokenizer, dev_set, names, str(config.dev), **batching)
+    task = Task(
+        recipe=classifier_recipe(tokenizer, config.max_tokens),
+        items=[Labelled(e.source, int(t)) for e, t in zip(train_set, targets, strict=True)],
+        plan=partial(shuffled_batches, len(train_set), config.batch_size),
+        evaluate=scores if dev_set else None,
+        best="accuracy",
+        describe=lambda step, s: f"step {step}: dev accuracy {100 * s['accuracy']:.2f}",
+        counts_tokens=False,
     )
-    run = _Run(config, folder, model, tokenizer, dev_set, names)
-    order = _Order(len(train_set), config.batch_size, config.seed)
-    torch.manual_seed(config.seed)
-    stopper = _Interrupt()
-    bar = tqdm(total=config.steps, disable=not progress, unit="step", dynamic_ncols=True)
-    model.train()
-    dropout = dropout_off(model) if config.dropout == "off" else contextlib.nullcontext()
-    try:
-        with dropout:
-            while run.step < config.steps and not stopper.requested:
-                rows = order.next()
-                texts = [train_set[i].source for i in rows]
-                record = _step(model, tokenizer, texts, targets[rows], params, optimizer, scheduler, config)
-                run.step += 1
-                report.append_log(folder, {**record, "step": run.step})
-                bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.3f}")
-                if dev_set and (run.step % config.eval_every == 0 or run.step == config.steps):
-                    run.evaluate()
-    finally:
-        bar.close()
-        stopper.restore()
-    if not dev_set and not stopper.requested:
-        model.save(folder / PREFIX_DIR)
-    report.plot_curve(folder)
-    return ClassifyResult(
-        folder, folder / PREFIX_DIR, run.step, run.best, interrupted=stopper.requested, model=model
-    )
+    with dropout_off(model) if config.dropout == "off" else contextlib.nullcontext():
+        return run(config, task, model, tokenizer, Path(config.output), progress=progress)
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """One training example of a classifier: its text and its class index."""
+
+    text: str
+    label: int
+
+
+def classifier_recipe(tokenizer, max_tokens: int) -> Recipe:
+    """Texts tokenised per batch (padded, cut at `max_tokens`), the loss summed over the batch's rows."""
+
+    def collate(items: list[Labelled], pad: int) -> dict[str, torch.Tensor]:
+        batch = _tokenize(tokenizer, [item.text for item in items], max_tokens)
+        return {**batch, "labels": torch.tensor([item.label for item in items])}
+
+    return Recipe(collate=collate, loss=_summed_cross_entropy, targets=_rows)
+
+
+def _summed_cross_entropy(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """The cross-entropy of the rows' labels, summed (the loop divides by the rows: the mean)."""
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits  # (B, C)
+    labels = batch["labels"]
+    return functional.cross_entropy(logits, labels, reduction="sum"), labels.shape[0]
+
+
+def _rows(batch: dict[str, torch.Tensor]) -> int:
+    return batch["labels"].shape[0]
+
+
+def shuffled_batches(count: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """One epoch of batches: a permutation of the examples in consecutive slices (the last may be short)."""
+    order = torch.randperm(count, generator=generator).tolist()
+    return [order[start : start + batch_size] for start in range(0, count, batch_size)]
 
 
 def _read_data(config: ClassifyConfig) -> tuple[list[Example], list[Example], list[str]]:
@@ -214,66 +230,6 @@ def _read_data(config: ClassifyConfig) -> tuple[list[Example], list[Example], li
     if dev_set:
         label_ids(dev_set, names, str(config.dev))  # unknown dev labels fail before training
     return train_set, dev_set, names
-
-
-def _step(model, tokenizer, texts, labels, params, optimizer, scheduler, config) -> dict[str, Any]:
-    """One optimizer step on one batch (mean cross-entropy), gradients clipped."""
-    start = time.perf_counter()
-    batch = _tokenize(tokenizer, texts, config.max_tokens)
-    loss = model(**batch, labels=labels).loss
-    loss.backward()
-    if config.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    seconds = time.perf_counter() - start
-    return {"kind": "train", "loss": loss.item(), "lr": scheduler.get_last_lr()[0], "seconds": seconds}
-
-
-class _Order:
-    """Shuffled batches of example indices, a new permutation each epoch, fixed by the seed."""
-
-    def __init__(self, count: int, batch_size: int, seed: int) -> None:
-        self.count, self.batch_size, self.seed = count, batch_size, seed
-        self.epoch, self.position = 0, 0
-        self.permutation = self._permute()
-
-    def _permute(self) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(self.count, generator=generator)
-
-    def next(self) -> torch.Tensor:
-        if self.position >= self.count:  # a new epoch (the last batch of the previous one may be short)
-            self.epoch, self.position = self.epoch + 1, 0
-            self.permutation = self._permute()
-        rows = self.permutation[self.position : self.position + self.batch_size]
-        self.position += self.batch_size
-        return rows
-
-
-@dataclass
-class _Run:
-    config: ClassifyConfig
-    folder: Path
-    model: Any
-    tokenizer: Any
-    dev_set: list[Example]
-    names: list[str]
-    step: int = 0
-    best: dict[str, float] = field(default_factory=dict)
-
-    def evaluate(self) -> None:
-        """Dev accuracy; the best prefix and head so far are saved to OUTPUT/prefix."""
-        scores = evaluate_classifier(
-            self.model, self.tokenizer, self.dev_set, self.names, str(self.config.dev),
-            batch_size=2 * self.config.batch_size, max_tokens=self.config.max_tokens,
-        )  # fmt: skip
-        report.append_log(self.folder, {"kind": "eval", "step": self.step, **scores})
-        tqdm.write(f"step {self.step}: dev accuracy {100 * scores['accuracy']:.2f}")
-        if scores["accuracy"] > self.best.get("accuracy", -1.0):
-            self.best = {**scores, "step": self.step}
-            self.model.save(self.folder / PREFIX_DIR)
 
 
 __all__ = [

@@ -1,12 +1,15 @@
 """Every setting of a classifier run (P-Tuning v2 on an encoder), as one frozen dataclass.
 
-Its attribute docstrings are the `--help` of `prefixtune train --task classify`.
+The prefix is a `PrefixConfig` (`prefix`), not a copy of its fields. On the command line and in
+`run.json` the settings are flat, as for a generation run: `--length 16 --reparam flat ...` name the
+prefix's fields (`PREFIX_OPTIONS`); `from_dict` and `to_dict` convert. The other attribute docstrings
+are the `--help` of `prefixtune train --task classify`'s own options.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prefixtune.engine.config import PrefixConfig
@@ -15,6 +18,13 @@ from prefixtune.train.config import check_numbers
 from prefixtune.train.heads import POOLINGS
 
 DROPOUT_CHOICES = ("off", "on")
+PREFIX_OPTIONS = ("length", "reparam", "mlp_hidden", "init", "layers")
+"""The `PrefixConfig` fields a classifier run takes as options (`--length`, ...); the prefix's seed is
+the run's `seed`, and its other fields keep `PrefixConfig`'s defaults (a prefix in keys/values)."""
+
+
+def _classifier_prefix() -> PrefixConfig:
+    return PrefixConfig(length=16, reparam="flat")
 
 
 @dataclass(frozen=True)
@@ -35,14 +45,10 @@ class ClassifyConfig:
     """Column holding the text to classify."""
     label_column: str = "label"
     """Column holding the label (any strings or integers; the classes are the labels seen in training)."""
-    length: int = 16
-    """Prefix length (vectors per layer)."""
-    reparam: str = "flat"
-    """flat (P-Tuning v2's default for classification) or mlp (P = MLP(P'), as in Li & Liang)."""
-    mlp_hidden: int = 512
-    """Hidden width of the MLP reparametrisation."""
-    init: str = "random"
-    """Prefix initialisation: random (at the scale of the model's own keys/values) or zero."""
+    prefix: PrefixConfig = field(default_factory=_classifier_prefix)
+    """The prefix: 16 vectors in every layer (`length`, `layers` for P-Tuning v2's depth ablation),
+    `reparam` flat (P-Tuning v2's default for classification; mlp is Li & Liang's P = MLP(P')),
+    `init` random (at the scale of the model's own keys/values) or zero."""
     pooling: str = "mean"
     """What the head reads: mean (the mean over the text's tokens, best for sentence-embedding models
     such as minilm-l6) or first (the first token, P-Tuning v2's and the model's own choice)."""
@@ -50,9 +56,6 @@ class ClassifyConfig:
     """The frozen model's dropout while training: on (its own rates, as P-Tuning v2 and PEFT train) or
     off (steps about 16 % faster on MiniLM-L6 and ahead early in a run, but on SST-2 it stalled lower
     over 2,000 steps)."""
-    layers: tuple[int, ...] | None = None
-    """Only these encoder layers get the prefix, e.g. --layers 0,1,2 or --layers=-2,-1 (P-Tuning v2's
-    depth ablation); default: every layer."""
     steps: int = 1000
     """Optimizer steps."""
     batch_size: int = 32
@@ -86,21 +89,44 @@ class ClassifyConfig:
             raise PrefixTuneError(f"--pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.dropout not in DROPOUT_CHOICES:
             raise PrefixTuneError(f"--dropout must be off or on, got {self.dropout!r}")
-        if self.init == "text":
-            raise PrefixTuneError("--init text is for generation; a classifier starts random or zero")
-        if self.layers is not None:  # a list from run.json: kept as a tuple, as the command line gives
-            object.__setattr__(self, "layers", self.prefix_config().layers)
-        self.prefix_config()  # validates the prefix fields
+        _check_init(self.prefix.init)
+
+    @property
+    def grad_accum(self) -> int:
+        """One batch per step (the loop's `Settings`)."""
+        return 1
+
+    @property
+    def patience(self) -> int:
+        """A classifier run never stops early (the loop's `Settings`)."""
+        return 0
 
     def prefix_config(self) -> PrefixConfig:
-        return PrefixConfig(
-            length=self.length,
-            reparam=self.reparam,
-            mlp_hidden=self.mlp_hidden,
-            init=self.init,
-            layers=self.layers,
-            seed=self.seed,
-        )
+        """The prefix the run trains: `prefix`, seeded with the run's seed."""
+        return self.prefix.replace(seed=self.seed)
+
+    @classmethod
+    def options(cls) -> list[str]:
+        """The flat settings, as the command line and `run.json` name them."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        at = names.index("prefix")
+        return [*names[:at], *PREFIX_OPTIONS, *names[at + 1 :]]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClassifyConfig:
+        """From flat settings (`options`; others are ignored), the prefix's among them."""
+        settings = {k: v for k, v in data.items() if k in cls.options()}
+        prefix = {k: settings.pop(k) for k in PREFIX_OPTIONS if k in settings}
+        _check_init(prefix.get("init"))  # before PrefixConfig, which would ask for an init_text
+        return cls(**settings, prefix=_classifier_prefix().replace(**prefix))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The flat settings (`options`), as `run.json` holds them."""
+        settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "prefix"}
+        settings.update({k: getattr(self.prefix, k) for k in PREFIX_OPTIONS})
+        return {k: settings[k] for k in self.options()}
+
+
+def _check_init(init: str | None) -> None:
+    if init == "text":
+        raise PrefixTuneError("--init text is for generation; a classifier starts random or zero")

@@ -8,7 +8,8 @@ import torch
 
 from prefixtune.data import Example, group_references
 from prefixtune.train.encode import SEPARATOR, left_padded_prompts
-from prefixtune.train.seq2seq import generate_pairs, is_seq2seq, options_for_rows, recipe_for
+from prefixtune.train.recipe import recipe_for
+from prefixtune.train.seq2seq import generate_pairs, is_seq2seq, options_for_rows
 
 
 @torch.no_grad()

@@ -1,34 +1,28 @@
-"""One training run: AdamW on the prefix only, warmup and linear decay, clipping, accumulation,
-length-bucketed batches, periodic evaluation keeping the best prefix, early stopping, atomic
-checkpoints that resume to the same prefix, and Ctrl-C that saves before it exits.
+"""The one training loop: AdamW on what trains (the prefixes, and a classifier's head), warmup and
+linear decay, clipping, accumulation, periodic evaluation keeping the best prefix, early stopping,
+atomic checkpoints that resume to the same prefix, and Ctrl-C that saves before it exits.
+
+What differs between kinds of run comes in a `recipe.Task`: its batches and loss, its evaluation,
+whether it checkpoints. The runs: `generation.train` (`prefixtune train`) and
+`classify.train_classifier` (`prefixtune train --task classify`).
 """
 
 from __future__ import annotations
 
-import json
-import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
-from prefixtune.data import Example, read_dataset
-from prefixtune.engine.model import DEFAULT_NAME
-from prefixtune.engine.wrap import wrap
-from prefixtune.errors import PrefixTuneError
 from prefixtune.train import distributed, report
-from prefixtune.train.checkpoint import CHECKPOINT, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from prefixtune.train.config import RESUMABLE_CHANGES, TrainConfig
-from prefixtune.train.encode import bucketed_batches
-from prefixtune.train.evaluate import dev_loss, evaluate_prefix
-from prefixtune.train.run_folder import PREFIX_DIR, RUN_FILE, RunLock, check_folder, clear_dead_start
-from prefixtune.train.seq2seq import guess_task, recipe_for
-
-DEV_LOSS_EXAMPLES = 64
+from prefixtune.train.checkpoint import load_checkpoint, save_checkpoint
+from prefixtune.train.recipe import Recipe, Task
+from prefixtune.train.run_folder import PREFIX_DIR
 
 
 @dataclass
@@ -50,8 +44,8 @@ class Cursor:
     """Where the run is in the data: epoch and batch index. Batches are re-derived from the seed."""
 
     seed: int
-    batch_size: int
-    lengths: list[int]
+    plan: Callable[[torch.Generator], list[list[int]]]
+    """One epoch's batches (`Task.plan`), drawn with a generator seeded by the seed and the epoch."""
     epoch: int = 0
     index: int = 0
     _batches: list[list[int]] | None = None
@@ -59,7 +53,7 @@ class Cursor:
     def next(self) -> list[int]:
         if self._batches is None:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            self._batches = bucketed_batches(self.lengths, self.batch_size, generator)
+            self._batches = self.plan(generator)
         batch = self._batches[self.index]
         self.index += 1
         if self.index == len(self._batches):
@@ -70,119 +64,125 @@ class Cursor:
         return {"epoch": self.epoch, "index": self.index}
 
 
-def train(
-    config: TrainConfig, *, resume: bool = False, model_and_tokenizer=None, progress: bool = True
-) -> TrainResult:
-    """Run (or resume) training as `config` says; see `TrainConfig` for every setting.
+class Settings(Protocol):
+    """The loop's settings, as a run's config holds them (`TrainConfig`, `ClassifyConfig`); read only."""
 
-    Under `torchrun` / `accelerate launch` the processes split each global batch (see `distributed`);
-    the run ends with the prefix one process would reach, and only rank 0 writes.
+    steps: int
+    grad_accum: int
+    lr: float
+    warmup_steps: int
+    weight_decay: float
+    max_grad_norm: float
+    eval_every: int
+    patience: int
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def run(
+    config: Settings,
+    task: Task,
+    model,
+    tokenizer,
+    folder: Path,
+    *,
+    continuing: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `model.prefix_parameters()` (the prefixes, and a classifier's head) for `config.steps`
+    steps, in a run folder this process holds.
 
     Args:
-        model_and_tokenizer: an already loaded (base model, tokenizer), instead of loading `config.base`.
+        config: the run's settings (see `Settings`).
+        task: what the kind of run brings (see `recipe.Task`).
+        continuing: from the folder's checkpoint (a task with checkpoints only).
     """
-    started = distributed.join()
-    try:
-        return _train(config, resume, model_and_tokenizer, progress)
-    finally:
-        distributed.leave(started)
-
-
-def _train(config: TrainConfig, resume: bool, model_and_tokenizer, progress: bool) -> TrainResult:
-    # Everything that can fail on a user's mistake fails before the run folder is created or changed:
-    train_set, dev_set = load_data(config)  # bad data
-    distributed.on_main(check_output, config, resume)  # a folder holding another run, or nothing to resume
-    base, tokenizer = model_and_tokenizer or _load_base(config.base)  # a bad base model
-    model = wrap(distributed.place(base))
-    model.add(DEFAULT_NAME, config.prefix_config(), tokenizer)  # bad layers
-    opened = distributed.on_main(open_output, config, resume)
-    lock, continuing = opened or (None, False)
-    try:
-        data = (train_set, dev_set)
-        return _run(config, model, tokenizer, data, distributed.from_main(continuing), progress)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _run(config: TrainConfig, model, tokenizer, data, continuing: bool, progress: bool) -> TrainResult:
-    """The training loop proper, in a run folder this process holds; `continuing`: from its checkpoint."""
-    main = distributed.current().main
-    folder = Path(config.output)
-    train_set, dev_set = data
-    # decoder-only: [x; y] in one stream; encoder-decoder: x to the encoder, y as labels (train/seq2seq.py)
-    recipe = recipe_for(model)
-    encoded = recipe.encode(train_set, tokenizer, config.max_source_tokens, config.max_target_tokens)
     params = model.prefix_parameters()
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _warmup_then_decay(config.warmup_steps, config.steps)
     )
-    cursor = Cursor(config.seed, config.batch_size, [len(e.input_ids) for e in encoded])
-    run = {"step": 0, "best": {}, "bad_evals": 0}
+    state = _Run(config, task, folder, model, optimizer, scheduler, Cursor(config.seed, task.plan))
     torch.manual_seed(config.seed)
     if continuing:
-        _restore(folder, model, optimizer, scheduler, cursor, run)
+        state.restore()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    context = _RunContext(config, folder, model, tokenizer, dev_set, optimizer, scheduler, cursor, run)
     stopper = _Interrupt()
-    shown = progress and main
-    bar = tqdm(total=config.steps, initial=run["step"], disable=not shown, unit="step", dynamic_ncols=True)
-    model.train()
     try:
-        while run["step"] < config.steps and not run.get("stopped_early"):
-            if distributed.any_rank(stopper.requested, model.device):  # every rank stops at the same step
-                stopper.requested = True
-                break
-            record = _step(model, encoded, cursor, pad, params, optimizer, scheduler, config)
-            run["step"] += 1
-            record["step"] = run["step"]
-            if main:
-                report.append_log(folder, record)
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-            _after_step(context)
+        _loop(state, params, pad, progress, stopper)
     finally:
-        bar.close()
         stopper.restore()
-    if main and stopper.requested:
-        context.checkpoint()
-    elif main and not dev_set:
-        model.save(folder / PREFIX_DIR, include_trainable=True)
+    main = distributed.current().main
+    if main and stopper.requested and state.resumable:
+        state.checkpoint()
+    elif main and not stopper.requested and task.evaluate is None:
+        model.save(folder / PREFIX_DIR, include_trainable=state.resumable)
     if main:
         report.plot_curve(folder)
     return TrainResult(
-        folder,
-        folder / PREFIX_DIR,
-        run["step"],
-        run["best"],
-        stopper.requested,
-        bool(run.get("stopped_early")),
-        model,
+        folder, folder / PREFIX_DIR, state.step, state.best, stopper.requested, state.stopped_early, model
     )
 
 
+def _loop(state: _Run, params, pad: int, progress: bool, stopper: _Interrupt) -> None:
+    config, model, task = state.config, state.model, state.task
+    optimizer, scheduler, cursor = state.optimizer, state.scheduler, state.cursor
+    main = distributed.current().main
+    shown = progress and main
+    bar = tqdm(total=config.steps, initial=state.step, disable=not shown, unit="step", dynamic_ncols=True)
+    model.train()
+    try:
+        while state.step < config.steps and not state.stopped_early:
+            if distributed.any_rank(stopper.requested, model.device):  # every rank stops at the same step
+                stopper.requested = True
+                break
+            record = _step(model, task.items, cursor, pad, params, optimizer, scheduler, config, task.recipe)
+            state.step += 1
+            if not task.counts_tokens:
+                record = {k: v for k, v in record.items() if k not in ("tokens", "tokens_per_s")}
+            record["step"] = state.step
+            if main:
+                report.append_log(state.folder, record)
+            bar.update(1)
+            postfix = {"loss": f"{record['loss']:.3f}"}
+            if task.counts_tokens:
+                postfix["tok_s"] = f"{record['tokens_per_s']:.0f}"
+            bar.set_postfix(**postfix)
+            _after_step(state)
+    finally:
+        bar.close()
+
+
 @dataclass
-class _RunContext:
-    config: TrainConfig
+class _Run:
+    """A run as the loop drives it: what it trains with, and where it is."""
+
+    config: Settings
+    task: Task
     folder: Path
     model: Any
-    tokenizer: Any
-    dev_set: list[Example]
     optimizer: torch.optim.Optimizer
     scheduler: Any
     cursor: Cursor
-    run: dict[str, Any]
+    step: int = 0
+    best: dict[str, float] = field(default_factory=dict)
+    bad_evals: int = 0
+    stopped_early: bool = False
+
+    @property
+    def resumable(self) -> bool:
+        return self.task.checkpoint_every is not None
 
     def checkpoint(self) -> None:
         prefix = self.model.prefixes["default"]
         save_checkpoint(
             self.folder,
             {
-                "step": self.run["step"],
-                "best": self.run["best"],
-                "bad_evals": self.run["bad_evals"],
-                "stopped_early": self.run.get("stopped_early", False),
+                "step": self.step,
+                "best": self.best,
+                "bad_evals": self.bad_evals,
+                "stopped_early": self.stopped_early,
                 "cursor": self.cursor.state(),
                 "prefix": prefix.reparam.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
@@ -191,15 +191,27 @@ class _RunContext:
             },
         )
 
+    def restore(self) -> None:
+        state = load_checkpoint(self.folder)
+        self.model.prefixes["default"].reparam.load_state_dict(state["prefix"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.cursor.epoch, self.cursor.index = state["cursor"]["epoch"], state["cursor"]["index"]
+        self.step, self.best = state["step"], state["best"]
+        self.bad_evals = state.get("bad_evals", self.bad_evals)
+        self.stopped_early = state.get("stopped_early", self.stopped_early)
+        if distributed.current().main:
+            report.truncate_log(self.folder, state["step"])
 
-def _step(model, encoded, cursor, pad, params, optimizer, scheduler, config) -> dict[str, Any]:
-    """One optimizer step over `grad_accum` micro-batches; the loss is averaged over target tokens.
+
+def _step(model, encoded, cursor, pad, params, optimizer, scheduler, config, recipe: Recipe) -> dict:
+    """One optimizer step over `grad_accum` micro-batches; the loss is averaged over the targets
+    (target tokens; a classifier's rows).
 
     With several processes each runs its share of every micro-batch's rows; the normaliser is still
     the global batch's target count, so the summed gradients equal one process's.
     """
     start = time.perf_counter()
-    recipe = recipe_for(model)
     global_rows = [cursor.next() for _ in range(config.grad_accum)]
     global_batches = [recipe.collate([encoded[i] for i in rows], pad) for rows in global_rows]
     targets = sum(recipe.targets(b) for b in global_batches)
@@ -232,141 +244,38 @@ def _step(model, encoded, cursor, pad, params, optimizer, scheduler, config) -> 
     }
 
 
-def _after_step(ctx: _RunContext) -> None:
+def _after_step(state: _Run) -> None:
     """Evaluate, keep the best prefix, stop early, checkpoint: whatever this step is due for."""
-    step, config = ctx.run["step"], ctx.config
+    step, config = state.step, state.config
     evaluated = False
     main = distributed.current().main
-    if ctx.dev_set and (step % config.eval_every == 0 or step == config.steps):
+    if state.task.evaluate is not None and (step % config.eval_every == 0 or step == config.steps):
         if main:  # the other processes wait for its verdict on early stopping
-            _evaluate(ctx)
-        ctx.run["stopped_early"] = distributed.from_main(ctx.run.get("stopped_early", False))
+            _evaluate(state)
+        state.stopped_early = distributed.from_main(state.stopped_early)
         evaluated = True
-    if main and (evaluated or step % config.checkpoint_every == 0 or step == config.steps):
-        ctx.checkpoint()
+    every = state.task.checkpoint_every
+    if main and every is not None and (evaluated or step % every == 0 or step == config.steps):
+        state.checkpoint()
 
 
-def _evaluate(ctx: _RunContext) -> None:
-    config, run = ctx.config, ctx.run
-    loss = dev_loss(
-        ctx.model,
-        ctx.tokenizer,
-        ctx.dev_set[:DEV_LOSS_EXAMPLES],
-        config.batch_size,
-        (config.max_source_tokens, config.max_target_tokens),
-    )
-    scores, _ = evaluate_prefix(
-        ctx.model,
-        ctx.tokenizer,
-        ctx.dev_set,
-        metrics=("BLEU",),
-        max_sources=config.eval_sources,
-        batch_size=config.batch_size,
-        max_new_tokens=config.max_new_tokens,
-        num_beams=config.num_beams,
-        max_source_tokens=config.max_source_tokens,
-    )
-    report.append_log(ctx.folder, {"kind": "eval", "step": run["step"], "dev_loss": loss, **scores})
-    tqdm.write(f"step {run['step']}: dev loss {loss:.3f}, dev BLEU {scores['BLEU']:.2f}")
-    if scores["BLEU"] > run["best"].get("BLEU", -1.0):
-        run["best"] = {"BLEU": scores["BLEU"], "dev_loss": loss, "step": run["step"]}
-        run["bad_evals"] = 0
-        ctx.model.save(ctx.folder / PREFIX_DIR, include_trainable=True)
+def _evaluate(state: _Run) -> None:
+    """Score the dev set; keep the prefix if it is the best so far, or count towards patience."""
+    task, step = state.task, state.step
+    scores = task.evaluate()
+    report.append_log(state.folder, {"kind": "eval", "step": step, **scores})
+    tqdm.write(task.describe(step, scores))
+    if scores[task.best] > state.best.get(task.best, -1.0):
+        others = {k: v for k, v in scores.items() if k != task.best}
+        state.best = {task.best: scores[task.best], **others, "step": step}
+        state.bad_evals = 0
+        state.model.save(state.folder / PREFIX_DIR, include_trainable=state.resumable)
     else:
-        run["bad_evals"] += 1
-        if config.patience and run["bad_evals"] >= config.patience:
-            run["stopped_early"] = True
-            tqdm.write(f"stopping early: no better dev BLEU in {config.patience} evaluations")
-
-
-def _restore(folder, model, optimizer, scheduler, cursor, run) -> None:
-    state = load_checkpoint(folder)
-    model.prefixes["default"].reparam.load_state_dict(state["prefix"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    cursor.epoch, cursor.index = state["cursor"]["epoch"], state["cursor"]["index"]
-    for key in ("step", "best", "bad_evals", "stopped_early"):
-        run[key] = state.get(key, run.get(key))
-    if distributed.current().main:
-        report.truncate_log(folder, state["step"])
-
-
-def check_output(config: TrainConfig, resume: bool) -> bool:
-    """Check the run folder without changing it: new, or holding this same run (with resume), or a run
-    that never reached a checkpoint (it starts afresh). Nothing is overwritten.
-
-    Returns whether the run continues from a checkpoint.
-    """
-    folder = Path(config.output)
-    check_folder(folder)
-    run_file = folder / RUN_FILE
-    has_checkpoint = (folder / CHECKPOINT).is_file()
-    if resume:
-        if not run_file.exists():
-            raise PrefixTuneError(f"nothing to resume in {folder}: it holds no {RUN_FILE}")
-        stored = TrainConfig.from_dict(json.loads(run_file.read_text(encoding="utf-8")))
-        changed = sorted(
-            k for k, v in stored.to_dict().items() if config.to_dict()[k] != v and k not in RESUMABLE_CHANGES
-        )
-        if changed:
-            raise PrefixTuneError(
-                f"{folder} holds a run with other settings ({', '.join(changed)}); "
-                "resume it with its own settings or train into a new --output folder"
-            )
-        return has_checkpoint
-    if has_checkpoint:
-        raise PrefixTuneError(
-            f"{folder} already holds a run; pass --resume to continue it, or choose another --output folder"
-        )
-    return False
-
-
-def open_output(config: TrainConfig, resume: bool) -> tuple[RunLock, bool]:
-    """Take the run folder for this run (a lock held until `release`) and set it up.
-
-    Returns the lock and whether the run continues from a checkpoint. Without one, whatever an earlier
-    start left (settings, a partial log) is cleared and this run's settings are written.
-    """
-    folder = Path(config.output)
-    lock = RunLock(folder, "train").acquire()
-    try:
-        continuing = check_output(config, resume)  # again: the folder may have changed before the lock
-        if continuing:
-            remove_stale_temporaries(folder)
-        else:
-            if resume:
-                tqdm.write(f"{folder} holds no checkpoint yet: the run starts afresh")
-            clear_dead_start(folder)
-            (folder / RUN_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
-    except BaseException:
-        lock.release()
-        raise
-    return lock, continuing
-
-
-def load_data(config: TrainConfig) -> tuple[list[Example], list[Example]]:
-    """Read the training and dev sets; refuse an empty training set."""
-    if not config.train:
-        raise PrefixTuneError("no training data: pass --train PATH")
-    columns = {
-        "fmt": config.format,
-        "source_column": config.source_column,
-        "target_column": config.target_column,
-        "column_options": ("--source-column", "--target-column"),  # TrainConfig's fields are the flags
-    }
-    train_set = read_dataset(config.train, **columns)
-    if 0 < config.max_train_examples < len(train_set):
-        # A low-data run trains on a random subsample drawn with the run's seed, as Li & Liang's
-        # low-data experiments do: several seeds then also spread over which examples were seen.
-        train_set = random.Random(config.seed).sample(train_set, config.max_train_examples)
-    dev_set = read_dataset(config.dev, **columns) if config.dev else []
-    return train_set, dev_set
-
-
-def _load_base(name: str):
-    from prefixtune.loading import load_base
-
-    return load_base(name, task=guess_task(name))
+        state.bad_evals += 1
+        patience = state.config.patience
+        if patience and state.bad_evals >= patience:
+            state.stopped_early = True
+            tqdm.write(f"stopping early: no better dev {task.best} in {patience} evaluations")
 
 
 def _warmup_then_decay(warmup: int, total: int):

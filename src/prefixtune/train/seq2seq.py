@@ -2,15 +2,14 @@
 the decoder's labels (summarisation-style data: a source column and a target column).
 
 The decoder-only path (`encode`, `loss`, `evaluate`) builds `[x; y]` in one stream; here `x` and `y`
-are two streams, so batches, the loss and generation differ, and `recipe_for` picks the right set of
-functions for a model. The prefixes themselves need nothing special: `inject` already gives the
+are two streams, so batches, the loss and generation differ, and `recipe.recipe_for` picks the right
+set of functions for a model. The prefixes themselves need nothing special: `inject` already gives the
 encoder, the decoder's self-attention and its cross-attention their own prefix.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,30 +128,6 @@ def generate_pairs(
             outputs[index] = text.strip()
     model.train(was_training)
     return outputs
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How a training run turns examples into batches and batches into a loss, for one kind of model."""
-
-    encode: Callable[..., list[Any]]
-    """(examples, tokenizer, max_source_tokens, max_target_tokens) -> encoded examples."""
-    collate: Callable[[list[Any], int], dict[str, torch.Tensor]]
-    """(encoded examples, pad id) -> a batch with `attention_mask` and `labels`."""
-    loss: Callable[[Any, dict[str, torch.Tensor]], tuple[torch.Tensor, int]]
-    """(model, batch) -> (summed loss over target tokens, their count)."""
-    targets: Callable[[dict[str, torch.Tensor]], int]
-    """A batch's target-token count, known before the forward (to scale accumulated gradients)."""
-
-
-def recipe_for(model) -> Recipe:
-    """The seq2seq recipe for an encoder-decoder, else the decoder-only `[x; y]` one."""
-    if is_seq2seq(model):
-        return Recipe(encode_pairs, collate_pairs, pair_loss, lambda b: int((b["labels"] != IGNORE).sum()))
-    from prefixtune.train.encode import collate, encode_examples
-    from prefixtune.train.loss import target_loss
-
-    return Recipe(encode_examples, collate, target_loss, lambda b: int((b["labels"][:, 1:] != IGNORE).sum()))
 
 
 def options_for_rows(options: dict[str, Any], rows: int) -> dict[str, Any]:
