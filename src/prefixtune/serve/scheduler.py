@@ -387,8 +387,8 @@ class Scheduler:
             self.stats.mixed_batches += 1
 
     def _step(self, live: LiveBatch) -> None:
-        live.prune()  # clients that left since the last step
         try:
+            live.prune()  # clients that left since the last step
             live.step()
             self.stats.steps += 1
         except Exception as err:  # the batched forward itself failed: every live request fails
