@@ -94,3 +94,27 @@ def test_a_full_cache_makes_requests_wait_and_one_too_large_alone_is_refused():
             server.reference, server.tokenizer, "b", "w20", 3
         )
         assert _health(server)["cancelled"] == 1
+
+
+def test_a_sliding_window_model_falls_back_to_whole_batches_and_serves(capsys):
+    import httpx
+    from conftest import make_model
+    from serving import tiny_bank
+    from synthetic import word_tokenizer
+
+    from prefixtune import PrefixConfig, add_prefix
+    from prefixtune.serve import ServeConfig, create_app
+    from prefixtune.serve.background import BackgroundServer
+
+    tokenizer = word_tokenizer()
+    assert create_app(tiny_bank(), tokenizer, ServeConfig(), BASE).state.scheduler.scheduling == "continuous"
+    gemma = add_prefix(make_model("gemma3"), PrefixConfig(length=3, reparam="flat", seed=1), name="a")
+    app = create_app(gemma, tokenizer, ServeConfig(), BASE)
+    assert app.state.scheduler.scheduling == "batch"
+    assert "sliding-window" in capsys.readouterr().err
+    reference = add_prefix(make_model("gemma3"), PrefixConfig(length=3, reparam="flat", seed=1), name="a")
+    expected = solo_text(reference, tokenizer, "a", "w5 w6 w7", 6)
+    with BackgroundServer(app) as server:
+        body = {"model": "a", "prompt": "w5 w6 w7", "max_tokens": 6, "temperature": 0}
+        reply = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
+    assert reply.status_code == 200 and reply.json()["choices"][0]["text"] == expected

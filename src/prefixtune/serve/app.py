@@ -12,8 +12,10 @@ failed (that request only), 503 while shutting down or once the worker has stopp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +35,7 @@ from prefixtune.model import PrefixModel
 from prefixtune.serve.config import ServeConfig
 from prefixtune.serve.engine import Engine, Sampling
 from prefixtune.serve.limits import BodyLimit, prompt_char_limit
+from prefixtune.serve.live import mergeable
 from prefixtune.serve.prefixes import NotAllowed, find_prefix_folder, load_for_serving, resolve_roots
 from prefixtune.serve.protocol import (
     CompletionBody,
@@ -95,6 +98,13 @@ def create_app(model: PrefixModel, tokenizer, config: ServeConfig, base_name: st
     """The app serving `model`'s prefixes (each by its name) and the bare model (as `base_name`)."""
     engine = Engine(model, tokenizer)
     wait_s = config.max_wait_ms / 1000
+    if config.scheduling == "continuous" and not mergeable(model.config):
+        print(
+            "note: this model has sliding-window attention layers, whose caches continuous batching "
+            "cannot merge: requests are scheduled in whole batches (--scheduling batch)",
+            file=sys.stderr,
+        )
+        config = dataclasses.replace(config, scheduling="batch")
     scheduler = Scheduler(
         engine,
         config.max_batch,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from prefixtune.serve.engine import Engine, Row, left_pad, running
 
@@ -113,6 +113,12 @@ class LiveBatch:
         # decode steps only: every query is past every infix row's prompt, so all of them see the infix
         infix_at = torch.tensor(0, device=model.device)
         model.injector.current = model.prefix_batch([r.prefix for r in self.rows], len(self.rows), infix_at)
+
+
+def mergeable(config) -> bool:
+    """Whether the caches a model of `config` builds can be merged and trimmed by row: full-attention
+    layers only (the server falls back to whole-batch scheduling otherwise)."""
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
 
 
 def _layers(cache) -> list[DynamicLayer]:
