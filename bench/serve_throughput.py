@@ -22,6 +22,12 @@ mixed/single of the throughputs, overall and per round pair. Every request's tex
 between the peers (greedy; a row's output should not depend on its batch).
 
     python bench/serve_throughput.py --out bench/results/serve_throughput.json
+
+With `--open-loop`, requests arrive at fixed rates instead (Poisson), and the peers are the two
+schedulers, continuous batching against whole batches (see `serve_open_loop.py`):
+
+    python bench/serve_throughput.py --open-loop --requests 40 --rates 0.5 0.8 1.2 1.8 \
+        --out bench/results/serve_open_loop.json
 """
 
 from __future__ import annotations
@@ -62,6 +68,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prefix-length", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=600.0, help="per request, seconds")
     parser.add_argument("--out", type=Path, default=Path("bench/results/serve_throughput.json"))
+    parser.add_argument("--open-loop", action="store_true", help="Poisson arrivals, continuous vs batch")
+    parser.add_argument("--rates", type=float, nargs="+", default=[0.5, 0.8, 1.2, 1.8], help="requests/s")
+    parser.add_argument("--ttft-bound", type=float, default=2.0, help="p99 TTFT a sustained rate keeps, s")
     return parser.parse_args()
 
 
@@ -148,6 +157,8 @@ def main() -> int:
     for k in range(args.prefixes):
         config = PrefixConfig(length=args.prefix_length, reparam="flat", init="random", seed=k)
         model = add_prefix(model if model is not None else base, config, name=f"p{k}")
+    if args.open_loop:
+        return write_open_loop(model, tokenizer, args, started)
     requests = build_requests(args.requests, args.prefixes, args.max_tokens)
     order = ["mixed", "single"]
     runs = []
@@ -167,14 +178,7 @@ def main() -> int:
     report = {
         "command": " ".join(["python", *sys.argv]),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-        },
+        "machine": machine(),
         "summary": summary,
         "throughput_ratio_mixed_over_single": round(mixed["requests_per_s"] / single["requests_per_s"], 3),
         "per_round_ratio": per_round,
@@ -190,6 +194,33 @@ def main() -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     shown = ("summary", "throughput_ratio_mixed_over_single", "per_round_ratio", "identical_texts_round_1")
     print(json.dumps({k: report[k] for k in shown}, indent=2))
+    return 0
+
+
+def machine() -> dict:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def write_open_loop(model, tokenizer, args: argparse.Namespace, started: float) -> int:
+    from serve_open_loop import open_loop_report  # a sibling script: bench/ is on sys.path
+
+    report = {
+        "command": " ".join(["python", *sys.argv]),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "machine": machine(),
+        **open_loop_report(model, tokenizer, BASE_NAME, args),
+        "total_minutes": round((time.perf_counter() - started) / 60, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps({k: v for k, v in report.items() if k not in ("runs", "settings", "machine")}, indent=2))
     return 0
 
 

@@ -50,6 +50,14 @@ def test_the_server_listens_on_loopback_unless_told_otherwise():
     assert (config.host, config.port, config.policy) == ("0.0.0.0", 9, "single")
 
 
+def test_scheduling_is_continuous_unless_told_otherwise():
+    config = dataclass_from_args(ServeConfig, build_parser().parse_args(["serve"]))
+    assert (config.scheduling, config.max_cached_tokens) == ("continuous", 65536)
+    args = ["serve", "--scheduling", "batch", "--max-cached-tokens", "4096"]
+    config = dataclass_from_args(ServeConfig, build_parser().parse_args(args))
+    assert (config.scheduling, config.max_cached_tokens) == ("batch", 4096)
+
+
 def test_runtime_loading_is_off_and_the_body_limited_unless_told_otherwise():
     config = dataclass_from_args(ServeConfig, build_parser().parse_args(["serve"]))
     assert config.prefix_roots == () and config.max_body_bytes == 2 * 1024 * 1024

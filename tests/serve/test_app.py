@@ -287,6 +287,7 @@ def test_a_full_queue_answers_429_and_a_client_leaving_mid_stream_frees_its_slot
                 assert next(line for line in lines if line.startswith("data: "))
                 full = client.post(f"{small.url}/v1/completions", json=short)
                 assert full.status_code == 429 and full.json()["error"]["type"] == "rate_limit_error"
+                assert full.headers["retry-after"] == "1"
             # leaving the `with` closed the connection mid-stream
         assert _wait_for(lambda: _health(small)["running"] == 0)
         health = _health(small)

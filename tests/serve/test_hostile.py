@@ -92,13 +92,14 @@ def test_a_vanishing_temperature_fails_nobody_and_samples_greedily(server):
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-def test_a_dead_worker_makes_health_and_completions_answer_503_at_once():
-    with ServerThread(max_wait_ms=0) as doomed:
+@pytest.mark.parametrize("scheduling", ["continuous", "batch"])
+def test_a_dead_worker_makes_health_and_completions_answer_503_at_once(scheduling):
+    with ServerThread(max_wait_ms=0, scheduling=scheduling) as doomed:
 
-        def die(rows) -> None:
+        def die(*args) -> None:
             raise SystemExit("killed")  # as nothing in the worker catches: the thread ends
 
-        doomed.scheduler.engine.run = die
+        doomed.scheduler.engine.forward = die
         first = _post(doomed.url, {"model": "a", "prompt": "w1", "max_tokens": 2})
         assert _wait_for(lambda: not doomed.scheduler._thread.is_alive())
         assert first.status_code == 503 and "worker has stopped" in first.json()["error"]["message"]

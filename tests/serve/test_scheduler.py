@@ -151,10 +151,10 @@ def test_a_request_that_raises_fails_alone_and_the_worker_runs_on():
 def test_a_worker_that_dies_answers_everyone_503_and_refuses_new_work():
     scheduler = _scheduler()
 
-    def die(rows) -> None:
+    def die(*args) -> None:
         raise SystemExit("killed")  # not an Exception: nothing in the worker catches it
 
-    scheduler.engine.run = die
+    scheduler.engine.forward = die
     running, running_sink = _request("a", "a")
     scheduler.submit(running)
     scheduler.start()

@@ -4,7 +4,8 @@ Needs the `serve` extra (`pip install 'prefixtune[serve]'`: FastAPI and uvicorn)
 imports nothing from here.
 
 - `create_app(model, tokenizer, ServeConfig(), base_name)`: the FastAPI app.
-- `Engine`, `Scheduler`: step-wise batched decoding and the batching worker, usable without HTTP.
+- `Engine`, `LiveBatch`, `Scheduler`: step-wise batched decoding, the rows of continuous batching
+  (they join and leave between steps), and the worker; usable without HTTP.
 """
 
 from __future__ import annotations

@@ -12,8 +12,10 @@ failed (that request only), 503 while shutting down or once the worker has stopp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +35,7 @@ from prefixtune.errors import PrefixTuneError, WeightsMismatch
 from prefixtune.serve.config import ServeConfig
 from prefixtune.serve.engine import Engine, Sampling
 from prefixtune.serve.limits import BodyLimit, prompt_char_limit
+from prefixtune.serve.live import mergeable
 from prefixtune.serve.prefixes import NotAllowed, find_prefix_folder, load_for_serving, resolve_roots
 from prefixtune.serve.protocol import (
     CompletionBody,
@@ -45,6 +48,7 @@ from prefixtune.serve.protocol import (
 )
 from prefixtune.serve.scheduler import Event, QueueFull, Request, Scheduler, Stopped
 
+_RETRY_AFTER_S = "1"  # seconds a 429 tells the client to wait: rows leave at every decode step
 _POLL_S = 0.25  # how often a waiting handler checks whether its client is still there
 _KINDS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
@@ -58,13 +62,22 @@ _LOADING_OFF = (
 class ApiError(Exception):
     """An error answered with OpenAI's error body."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
+        self.headers = headers
 
     def response(self) -> JSONResponse:
         kind = _KINDS.get(self.status, "server_error")
-        return JSONResponse(error_body(self.message, kind, self.code, self.param), status_code=self.status)
+        body = error_body(self.message, kind, self.code, self.param)
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 @dataclass(frozen=True)
@@ -85,7 +98,22 @@ def create_app(model: PrefixModel, tokenizer, config: ServeConfig, base_name: st
     """The app serving `model`'s prefixes (each by its name) and the bare model (as `base_name`)."""
     engine = Engine(model, tokenizer)
     wait_s = config.max_wait_ms / 1000
-    scheduler = Scheduler(engine, config.max_batch, wait_s, config.max_pending, config.policy)
+    if config.scheduling == "continuous" and not mergeable(model.config):
+        print(
+            "note: this model has sliding-window attention layers, whose caches continuous batching "
+            "cannot merge: requests are scheduled in whole batches (--scheduling batch)",
+            file=sys.stderr,
+        )
+        config = dataclasses.replace(config, scheduling="batch")
+    scheduler = Scheduler(
+        engine,
+        config.max_batch,
+        wait_s,
+        config.max_pending,
+        config.policy,
+        config.scheduling,
+        config.max_cached_tokens,
+    )
     roots = resolve_roots(config.prefix_roots)
     chars = prompt_char_limit(tokenizer, engine.window)
     served = Served(model, tokenizer, scheduler, base_name, int(time.time()), roots, chars)
@@ -171,7 +199,8 @@ def _add_completion_route(app: FastAPI, served: Served) -> None:
         try:
             scheduler.submit(request)
         except QueueFull:
-            raise ApiError(429, "the server's queue is full; retry later", "queue_full") from None
+            message = "the server's queue is full; retry later"
+            raise ApiError(429, message, "queue_full", headers={"Retry-After": _RETRY_AFTER_S}) from None
         except Stopped as err:
             raise ApiError(503, str(err)) from None
         if not body.stream:
@@ -254,7 +283,17 @@ def _build_request(body: CompletionBody, prefix: str | None, served: Served) -> 
                 "prompt",
             )
     sampling = Sampling(body.max_tokens, body.temperature, body.top_p, body.stop_tuple(), body.seed)
-    return Request(body.model, prefix, ids, body.n, sampling, on_event=lambda _event: None)
+    request = Request(body.model, prefix, ids, body.n, sampling, on_event=lambda _event: None)
+    limit = scheduler.max_cached_tokens
+    if scheduler.scheduling == "continuous" and limit is not None and request.rows * request.reserved > limit:
+        raise ApiError(
+            400,
+            f"{request.rows} row(s) of up to {request.reserved} tokens (prompt and max_tokens) need more "
+            f"than the {limit} cached tokens this server holds; send fewer or shorter, or lower max_tokens",
+            "context_length_exceeded",
+            "max_tokens",
+        )
+    return request
 
 
 def _check_characters(prompts: list[str], limit: int | None, window: int | None) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from prefixtune.errors import PrefixTuneError
-from prefixtune.serve.scheduler import POLICIES
+from prefixtune.serve.scheduler import POLICIES, SCHEDULINGS
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 """A prefix's name must round-trip through a URL path (`DELETE /v1/prefixes/{name}`) and a command
@@ -50,6 +50,14 @@ class ServeConfig:
     policy: str = "mixed"
     """`mixed`: fill each batch across prefixes. `single`: one prefix per batch (for comparison)."""
 
+    scheduling: str = "continuous"
+    """`continuous`: at every decode step finished rows leave and waiting requests join. `batch`:
+    a batch runs until its longest row ends while new requests wait (the older way, for comparison)."""
+
+    max_cached_tokens: int = 65536
+    """Continuous scheduling: KV-cache columns held at most, counted as live rows times the widest
+    row's prompt plus max_tokens (requests beyond it wait; a request needing more alone gets 400)."""
+
     api_key: str | None = None
     """Bearer token every request must send (prefer the PREFIXTUNE_API_KEY variable: a command line
     is visible to other users); unset: no check."""
@@ -67,7 +75,9 @@ class ServeConfig:
         object.__setattr__(self, "prefix_roots", tuple(str(r) for r in roots))
         if self.policy not in POLICIES:
             raise PrefixTuneError(f"policy={self.policy!r} is not one of {list(POLICIES)}")
-        for name in ("max_batch", "max_pending", "max_body_bytes"):
+        if self.scheduling not in SCHEDULINGS:
+            raise PrefixTuneError(f"scheduling={self.scheduling!r} is not one of {list(SCHEDULINGS)}")
+        for name in ("max_batch", "max_pending", "max_body_bytes", "max_cached_tokens"):
             if getattr(self, name) < 1:
                 raise PrefixTuneError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:

@@ -97,23 +97,10 @@ class Engine:
         """The step loop of `run`: one forward for all live rows, then each row's next token."""
         device, cache = self.model.device, None
         while live:
-            # Positions counted from each row's first real token, given explicitly: left to itself the
-            # model numbers a padded row from its first pad, and once no row of the batch has a prefix
-            # (the prefix hook then stays out) later steps would be numbered unlike the earlier ones.
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]  # (B, T) or (B, 1)
-            out = self.model.base(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=True,
-                **cache_kwargs(cache),
-                **self._last_only,
-            )
-            cache = cache_out(out)
-            logits = out.logits[:, -1].float()  # (B, V)
+            logits, cache = self.forward(ids, mask, cache)
             for i, row in enumerate(live):
-                self._step(row, logits[i])
-            keep = [i for i, row in enumerate(live) if row.finish is None and not row.is_cancelled()]
+                self.step_row(row, logits[i])
+            keep = [i for i, row in enumerate(live) if running(row)]
             if not keep:
                 break
             if len(keep) < len(live):  # finished or abandoned rows leave the batch and the cache
@@ -127,7 +114,28 @@ class Engine:
             ids = torch.tensor([[row.tokens[-1]] for row in live], device=device)  # (B, 1)
             mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)  # (B, T + 1)
 
-    def _step(self, row: Row, logits: torch.Tensor) -> None:
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, cache) -> tuple[torch.Tensor, object]:
+        """One forward with the prefixes already set on the injector: last-position logits and the cache.
+
+        Args:
+            ids: (B, Q) new tokens; mask: (B, K + Q), 0 on left padding; cache: None or K past columns.
+        Returns: (B, V) float logits and the updated cache.
+        """
+        # Positions counted from each row's first real token, given explicitly: left to itself the
+        # model numbers a padded row from its first pad, and once no row of the batch has a prefix
+        # (the prefix hook then stays out) later steps would be numbered unlike the earlier ones.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]  # (B, Q)
+        out = self.model.base(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            **cache_kwargs(cache),
+            **self._last_only,
+        )
+        return out.logits[:, -1].float(), cache_out(out)  # (B, V)
+
+    def step_row(self, row: Row, logits: torch.Tensor) -> None:
         """Give `row` its next token; whatever this raises fails `row` alone, never its neighbours."""
         try:
             self._advance(row, self._choose(row, logits))
@@ -162,6 +170,11 @@ class Engine:
             row.sent = ready
         if row.finish:
             row.on_finish(row)
+
+
+def running(row: Row) -> bool:
+    """Whether `row` stays for another step: not finished, and its client still there."""
+    return row.finish is None and not row.is_cancelled()
 
 
 def probabilities(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:

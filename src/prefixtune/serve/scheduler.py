@@ -1,4 +1,10 @@
-"""The scheduler: requests wait in one queue and a single worker thread runs them in batches.
+"""The scheduler: requests wait in one queue and a single worker thread runs them.
+
+Scheduling "continuous" (the default) works at the decode step: after every step, rows that
+finished or whose client left go, and waiting requests are prefilled and join the decoding rows
+(`LiveBatch`), as many as `max_batch` rows and `max_cached_tokens` allow. Scheduling "batch" runs
+whole batches: a request arriving meanwhile waits until the longest row of the batch has ended. It
+is kept to measure the difference (bench/serve_throughput.py --open-loop).
 
 Batches are filled across prefixes (policy "mixed"): whatever prefix each request names, the
 requests that arrive together run together, because the frozen model gives each row its own
@@ -6,7 +12,8 @@ prefix. Policy "single" takes one prefix per batch (the oldest request's), which
 must do when a batch can carry only one prefix (PEFT); it is kept to measure the difference.
 
 Every model call, including loading and unloading prefixes, happens on the worker thread, between
-batches, so the bank never changes under a running batch. The HTTP side only enqueues requests and
+batches (continuous: once the live rows have drained, admitting nobody meanwhile), so the bank never
+changes under a running row. The HTTP side only enqueues requests and
 receives events through callbacks that the worker calls.
 """
 
@@ -18,87 +25,41 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from prefixtune.serve.engine import Engine, Row, Sampling
+from prefixtune.serve.engine import Engine, Row
+from prefixtune.serve.live import LiveBatch
+from prefixtune.serve.requests import Event, QueueFull, Request, Stats, Stopped, run_job, send
+
+__all__ = ["Event", "QueueFull", "Request", "Scheduler", "Stats", "Stopped"]
 
 POLICIES = ("mixed", "single")
-
-
-class QueueFull(Exception):
-    """The server holds as many requests as it may; the client should retry later."""
-
-
-class Stopped(Exception):
-    """The server is shutting down."""
-
-
-@dataclass(frozen=True)
-class Event:
-    """What the worker tells a request: new text, a finished choice, the end, or a failure."""
-
-    kind: str
-    """"text", "finish", "done" or "error"."""
-    choice: int = 0
-    text: str = ""
-    finish_reason: str | None = None
-    status: int = 0
-    """For "error": the HTTP status to answer with."""
-    usage: dict[str, int] | None = None
-
-
-@dataclass(eq=False)
-class Request:
-    """One completion request: `n` choices for each prompt, all with the same prefix."""
-
-    model: str
-    """The name the client asked for (a prefix, or the base model)."""
-    prefix: str | None
-    prompts: list[list[int]]
-    n: int
-    sampling: Sampling
-    on_event: Callable[[Event], None]
-    """Called on the worker thread; must not block."""
-    arrived: float = field(default_factory=time.monotonic)
-    cancelled: bool = False
-    closed: bool = False
-    """Answered: done, or failed (then `cancelled` too, so that its rows leave the batch)."""
-    completion_tokens: int = 0
-    _open: int = 0
-    _rows: list[Row] = field(default_factory=list)
-
-    @property
-    def rows(self) -> int:
-        return len(self.prompts) * self.n
-
-
-@dataclass
-class Stats:
-    """Counters shown by the health endpoint."""
-
-    completed: int = 0
-    cancelled: int = 0
-    failed: int = 0
-    batches: int = 0
-    mixed_batches: int = 0
-    """Batches whose rows named more than one prefix (the base model counting as one)."""
-    largest_batch: int = 0
-    rows: int = 0
-    """Rows run in all batches (rows / batches: the mean batch size)."""
-    tokens: int = 0
+SCHEDULINGS = ("continuous", "batch")
+_Job = tuple[Callable[[], Any], Future]
 
 
 class Scheduler:
     """Owns the waiting queue and the worker thread that runs the engine."""
 
     def __init__(
-        self, engine: Engine, max_batch: int, max_wait_s: float, max_pending: int, policy: str = "mixed"
+        self,
+        engine: Engine,
+        max_batch: int,
+        max_wait_s: float,
+        max_pending: int,
+        policy: str = "mixed",
+        scheduling: str = "continuous",
+        max_cached_tokens: int | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        if scheduling not in SCHEDULINGS:
+            raise ValueError(f"scheduling must be one of {SCHEDULINGS}, got {scheduling!r}")
+        self.scheduling = scheduling
+        self.max_cached_tokens = max_cached_tokens
+        """Continuous scheduling: live rows times the widest row's prompt + max_tokens, at most."""
         self.engine = engine
         self.max_batch, self.max_wait_s, self.max_pending, self.policy = (
             max_batch,
@@ -131,7 +92,7 @@ class Scheduler:
             waiting, self._waiting = list(self._waiting), deque()
             self._wake.notify_all()
         for request in waiting:
-            _send(request, Event("error", status=503, text="the server is shutting down"))
+            send(request, Event("error", status=503, text="the server is shutting down"))
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -178,6 +139,12 @@ class Scheduler:
         return self._thread.is_alive() and not self._stopping and not self._dead
 
     def _loop(self) -> None:
+        if self.scheduling == "continuous":
+            try:
+                self._serve_continuous()
+            finally:  # the thread ends: whoever still waits is told at once instead of hanging
+                self._close([])
+            return
         batch: list[Request] | None = None
         try:
             while True:
@@ -187,7 +154,7 @@ class Scheduler:
                     return
                 try:
                     if job is not None:
-                        _run_job(*job)
+                        run_job(*job)
                     if batch:
                         self._run(batch)
                 except Exception as err:  # a bug of ours: those requests fail, the worker goes on
@@ -285,7 +252,7 @@ class Scheduler:
             return
         request.closed, request.cancelled, request._open = True, True, 0
         self.stats.failed += 1
-        _send(request, Event("error", status=status, text=text))
+        send(request, Event("error", status=status, text=text))
 
     def _rows(self, request: Request) -> list[Row]:
         """The request's rows, or none if it was cancelled or names a prefix unloaded meanwhile."""
@@ -336,18 +303,109 @@ class Scheduler:
             }
             request.on_event(Event("done", usage=usage))
 
+    # -- continuous scheduling (on the worker thread) -----------------------------------------------
+    def _serve_continuous(self) -> None:
+        live = LiveBatch(self.engine)
+        while True:
+            job, joining = self._next_step(live)
+            if job is None and joining is None:
+                return
+            if job is not None:
+                run_job(*job)
+            if joining:
+                self._join(live, joining)
+            if live.rows:
+                self._step(live)
+            self._retire(live)
 
-def _run_job(function: Callable[[], Any], future: Future) -> None:
-    if future.set_running_or_notify_cancel():
+    def _next_step(self, live: LiveBatch) -> tuple[_Job | None, list[Request] | None]:
+        """What to do before the next decode step: a job (only once no row is live), the requests
+        that join now (none is fine while rows are live), or (None, None) to end the worker."""
+        with self._wake:
+            while True:
+                if live.rows:
+                    return None, self._admit(live)
+                if self._jobs:
+                    return self._jobs.popleft(), None
+                if self._stopping:
+                    return None, None
+                if not self._waiting:
+                    self._wake.wait()
+                    continue
+                # Idle: the first group gets the same fill window as a batch (see `_next_work`).
+                opened = max(self._waiting[0].arrived, self._free_since)
+                wait = opened + self.max_wait_s - time.monotonic()
+                if wait <= 0 or sum(r.rows for r in self._waiting) >= self.max_batch:
+                    return None, self._admit(live)
+                self._wake.wait(wait)
+
+    def _admit(self, live: LiveBatch) -> list[Request]:
+        """Oldest first, the waiting requests that fit beside the live rows (hold the lock).
+
+        Nobody joins while a job or the shutdown waits for the live rows to drain. A request that
+        does not fit stops the admission, so a large one is not overtaken for ever by small ones.
+        """
+        if self._jobs or self._stopping:
+            return []
+        rows, widest = len(live.rows), max((r.reserved for r in self.running), default=0)
+        model = self.running[0].model if self.running and self.policy == "single" else None
+        taken: list[Request] = []
+        for request in self._waiting:
+            if self.policy == "single" and model is not None and request.model != model:
+                continue
+            wider = max(widest, request.reserved)
+            fits = rows + request.rows <= self.max_batch and (
+                self.max_cached_tokens is None or (rows + request.rows) * wider <= self.max_cached_tokens
+            )
+            if not fits and (rows or taken):  # alone, a request always runs (the app refuses larger ones)
+                break
+            taken.append(request)
+            rows, widest, model = rows + request.rows, wider, request.model
+        for request in taken:
+            self._waiting.remove(request)
+        self.running.extend(taken)
+        return taken
+
+    def _join(self, live: LiveBatch, requests: list[Request]) -> None:
+        rows = []
+        for request in requests:
+            try:
+                rows += self._rows(request)
+            except Exception as err:  # e.g. a seed torch refuses: this request fails, the others join
+                self._fail(request, 500, f"the request could not start: {err}")
+        if not rows:
+            return
         try:
-            future.set_result(function())
-        except BaseException as err:  # handed to the caller, who decides the status
-            future.set_exception(err)
+            live.join(rows)
+        except Exception as err:  # their prefill failed: they fail, the live rows go on
+            for request in requests:
+                self._fail(request, 500, f"generation failed: {err}")
+        self.stats.batches += 1
+        self.stats.rows += len(rows)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(live.rows))
+        if len({r.prefix for r in live.rows}) > 1:
+            self.stats.mixed_batches += 1
 
+    def _step(self, live: LiveBatch) -> None:
+        try:
+            live.prune()  # clients that left since the last step
+            live.step()
+            self.stats.steps += 1
+        except Exception as err:  # the batched forward itself failed: every live request fails
+            for request in self.running:
+                if any(row in live.rows for row in request._rows):
+                    self._fail(request, 500, f"generation failed: {err}")
+            live.clear()
 
-def _send(request: Request, event: Event) -> None:
-    """Hand `event` to the request's client, whatever its callback raises (the client is gone then)."""
-    try:
-        request.on_event(event)
-    except Exception:  # e.g. its event loop has closed: nobody is left to tell
-        pass
+    def _retire(self, live: LiveBatch) -> None:
+        """Requests none of whose rows is live any more leave `running`."""
+        still = set(live.rows)
+        gone = [q for q in self.running if not any(row in still for row in q._rows)]
+        for request in gone:
+            if request.cancelled and request._open:
+                self.stats.cancelled += 1
+                self.stats.tokens += sum(len(r.tokens) for r in request._rows if r.finish is None)
+        with self._wake:
+            self.running = [q for q in self.running if q not in gone]
+            if not live.rows:
+                self._free_since = time.monotonic()
