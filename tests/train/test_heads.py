@@ -221,3 +221,24 @@ def test_a_model_without_a_task_head_trains_the_prefix_only():
     model = add_prefix(make_model("gpt2"), CONFIG)  # an LM head (tied to the embeddings) is no task head
     assert head_of(model) is None  # no head trains with the prefixes
     assert {id(p) for p in model.prefix_parameters()} == {id(p) for p in model.prefixes.parameters()}
+
+
+def test_the_state_dict_carries_the_trained_head_so_a_trainer_checkpoint_restores_it():
+    """Hugging Face's Trainer checkpoints `model.state_dict()` and restores it with `load_state_dict`:
+    with the head trained by default, the head must travel with the prefixes (and nothing frozen)."""
+    model = add_prefix(make_encoder("bert", head="sequence", labels=2), CONFIG)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    head_keys = {k for k in state if not k.startswith("prefixes.")}
+    assert head_keys == {f"base.classifier.{n}" for n, _ in model.base.classifier.named_parameters()}
+    ids, mask = right_pad([random_ids(1, n, seed=n)[0] for n in (4, 6)], pad=0)
+    expected = model(ids, attention_mask=mask).logits
+    with torch.no_grad():
+        for p in model.prefix_parameters():
+            p.add_(1.0)
+    assert (model(ids, attention_mask=mask).logits - expected).abs().max() > 1e-3
+    model.load_state_dict(state)
+    torch.testing.assert_close(model(ids, attention_mask=mask).logits, expected, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match=r"missing \['base.classifier.bias'"):
+        model.load_state_dict({k: v for k, v in state.items() if k != "base.classifier.bias"})
+    frozen = add_prefix(make_encoder("bert", head="sequence", labels=2), CONFIG, train_head=False)
+    assert all(k.startswith("prefixes.") for k in frozen.state_dict())

@@ -346,27 +346,40 @@ class PrefixModel(nn.Module):
         self.base.config.use_cache = False
 
     def state_dict(self, *, destination=None, prefix: str = "", keep_vars: bool = False):
-        """The prefix bank only (`prefixes.NAME.*`), never the frozen base model's weights.
+        """The prefix bank (`prefixes.NAME.*`) and the base parameters the attachments train (a
+        classifier's head, `base.NAME`), never the frozen base model's other weights.
 
         This is what makes a Hugging Face Trainer checkpoint of a PrefixModel a few KB instead of a
         copy of the base model; `load_state_dict` reads it back (see `prefixtune.interop.trainer`).
         """
-        return self.prefixes.state_dict(
+        state = self.prefixes.state_dict(
             destination=destination, prefix=prefix + "prefixes.", keep_vars=keep_vars
         )
+        for key, param in self._attached().items():
+            state[prefix + key] = param if keep_vars else param.detach()
+        return state
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Load the prefix bank from what `state_dict` wrote; the base model is not touched."""
+        """Load what `state_dict` wrote; the base model's frozen weights are not touched."""
         own = {k.removeprefix("prefixes."): v for k, v in state_dict.items() if k.startswith("prefixes.")}
         result = self.prefixes.load_state_dict(own, strict=False, assign=assign)
-        missing = [f"prefixes.{k}" for k in result.missing_keys]
+        attached = self._attached()
+        with torch.no_grad():
+            for key in attached.keys() & state_dict.keys():
+                attached[key].copy_(state_dict[key])
+        missing = [f"prefixes.{k}" for k in result.missing_keys] + sorted(attached.keys() - state_dict.keys())
         unexpected = [f"prefixes.{k}" for k in result.unexpected_keys]
-        unexpected += [k for k in state_dict if not k.startswith("prefixes.")]
+        unexpected += [k for k in state_dict if not k.startswith("prefixes.") and k not in attached]
         if strict and (missing or unexpected):
             raise RuntimeError(
                 f"the state dict does not fit this prefix bank: missing {missing}, unexpected {unexpected}"
             )
         return type(result)(missing, unexpected)
+
+    def _attached(self) -> dict[str, nn.Parameter]:
+        """The base parameters the attachments train, by their names in the base (`base.NAME`)."""
+        trained = {id(p) for a in self.attachments.values() for p in a.parameters() if p.requires_grad}
+        return {f"base.{n}": p for n, p in self.base.named_parameters() if id(p) in trained}
 
     def fold(self) -> PrefixModel:
         """Replace every MLP reparametrisation by the flat prefix it produces (outputs unchanged)."""
