@@ -494,14 +494,7 @@ def test_classification_tasks_accept_a_missing_head_but_not_a_missing_backbone(t
     assert tokenizer.padding_side == "right"  # encoders learnt their positions right-padded
     model, _ = load_base(tmp_path / "bert", task="sequence-classification")
     assert model.classifier.out_features == 3  # the folder's own label count
-    bert = make_encoder("bert")
-    bert.encoder.layer = bert.encoder.layer[:1]
-    bert.config.num_hidden_layers = 1
-    bert.save_pretrained(tmp_path / "short")
-    word_tokenizer().save_pretrained(tmp_path / "short")
-    config = json.loads((tmp_path / "short" / "config.json").read_text())
-    config["num_hidden_layers"] = 2  # the checkpoint now lacks layer 1
-    (tmp_path / "short" / "config.json").write_text(json.dumps(config))
+    _save_bert_missing_a_layer(tmp_path / "short")
     with pytest.raises(PrefixTuneError, match="encoder.layer.1"):
         load_base(tmp_path / "short", task="sequence-classification")
 
@@ -561,17 +554,23 @@ def test_a_new_head_that_is_neither_trained_nor_restored_is_warned_about(bare_be
 
 
 def test_a_load_report_about_the_backbone_is_still_shown(tmp_path, load_reports):
+
+    _save_bert_missing_a_layer(tmp_path / "short")
+    with pytest.raises(PrefixTuneError, match="encoder.layer.1"):
+        load_base(tmp_path / "short", task="sequence-classification")
+    assert len(_reports(load_reports)) == 1
+
+
+def _save_bert_missing_a_layer(folder) -> None:
+    """A BERT folder whose config says 2 layers and whose checkpoint holds 1."""
     from encoders import make_encoder
     from synthetic import word_tokenizer
 
     bert = make_encoder("bert")
     bert.encoder.layer = bert.encoder.layer[:1]
     bert.config.num_hidden_layers = 1
-    bert.save_pretrained(tmp_path / "short")
-    word_tokenizer().save_pretrained(tmp_path / "short")
-    config = json.loads((tmp_path / "short" / "config.json").read_text())
+    bert.save_pretrained(folder)
+    word_tokenizer().save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
     config["num_hidden_layers"] = 2  # the checkpoint now lacks layer 1
-    (tmp_path / "short" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(PrefixTuneError, match="encoder.layer.1"):
-        load_base(tmp_path / "short", task="sequence-classification")
-    assert len(_reports(load_reports)) == 1
+    (folder / "config.json").write_text(json.dumps(config))

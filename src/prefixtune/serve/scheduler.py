@@ -219,13 +219,18 @@ class Scheduler:
             self._waiting.remove(request)
         return batch
 
-    def _run(self, batch: list[Request]) -> None:
+    def _rows_of(self, requests: list[Request]) -> list[Row]:
+        """The rows of `requests`; one that cannot start (e.g. a seed torch refuses) fails alone."""
         rows = []
-        for request in batch:
+        for request in requests:
             try:
                 rows += self._rows(request)
-            except Exception as err:  # e.g. a seed torch refuses: this request fails, the batch runs
+            except Exception as err:
                 self._fail(request, 500, f"the request could not start: {err}")
+        return rows
+
+    def _run(self, batch: list[Request]) -> None:
+        rows = self._rows_of(batch)
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(rows))
         self.stats.rows += len(rows)
@@ -367,12 +372,7 @@ class Scheduler:
         return taken
 
     def _join(self, live: LiveBatch, requests: list[Request]) -> None:
-        rows = []
-        for request in requests:
-            try:
-                rows += self._rows(request)
-            except Exception as err:  # e.g. a seed torch refuses: this request fails, the others join
-                self._fail(request, 500, f"the request could not start: {err}")
+        rows = self._rows_of(requests)
         if not rows:
             return
         try:
