@@ -57,13 +57,19 @@ def run_train(args: argparse.Namespace) -> int:
         f"trained {result.steps} steps{' (stopped early)' if result.stopped_early else ''}"
         f"{'; best ' + best if best else ''}"
     )
-    print(f"prefix saved to {result.prefix_path}; metrics in {result.output / 'metrics.jsonl'}")
+    kept = {"prefix": "prefix", "finetune": "fine-tuned model", "lora": "LoRA adapter"}[config.method]
+    print(f"{kept} saved to {result.prefix_path}; metrics in {result.output / 'metrics.jsonl'}")
     return 0
 
 
 # -- evaluate and generate ---------------------------------------------------------------------------
 def _add_model_options(parser: argparse.ArgumentParser, needs_prefix: bool = True) -> None:
-    parser.add_argument("--prefix", help="prefix folder (from `prefixtune train`)", required=needs_prefix)
+    parser.add_argument(
+        "--prefix",
+        help="what `prefixtune train` kept: a prefix folder, or with --method finetune the model folder "
+        "(OUTPUT/model, no --base needed), with --method lora the adapter folder (OUTPUT/adapter)",
+        required=needs_prefix,
+    )
     parser.add_argument(
         "--base",
         help="base model: folder, .gguf file or alias (default: smollm2-135m; minilm-l6 for a classifier)",
@@ -82,12 +88,18 @@ def _add_generation_options(parser: argparse.ArgumentParser, beams: int) -> None
 
 
 def _load_model(args: argparse.Namespace):
-    """The base model with the prefix loaded (or, with --no-prefix, with none)."""
+    """The base model with the prefix loaded (or, with --no-prefix, with none); or what a baseline run
+    kept (a fine-tuned model, a LoRA adapter on its base)."""
     from prefixtune.engine.storage import read_meta
     from prefixtune.engine.wrap import wrap
     from prefixtune.loading import load_base
+    from prefixtune.train.methods import load_saved, saved_method
     from prefixtune.train.seq2seq import guess_task
 
+    method = saved_method(Path(args.prefix)) if args.prefix and not args.no_prefix else "prefix"
+    if method != "prefix":
+        model, tokenizer = load_saved(Path(args.prefix), method, args.base)
+        return model, tokenizer, {}
     if args.prefix:
         read_meta(Path(args.prefix))  # a bad prefix path fails before the model loads
     name = args.base or "smollm2-135m"

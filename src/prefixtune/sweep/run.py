@@ -17,6 +17,7 @@ from typing import Any
 from prefixtune.errors import PrefixTuneError
 from prefixtune.sweep.grid import Point
 from prefixtune.train.generation import train
+from prefixtune.train.methods import METHODS
 from prefixtune.train.report import read_log
 from prefixtune.train.run_folder import LOCK_FILE, RUN_FILE, RunLock
 
@@ -57,19 +58,23 @@ def _run_one(point: Point, folder: Path, resume: bool, bases: dict, progress: bo
         bases[config.base] = load_base(config.base, task=guess_task(config.base))
     started = time.perf_counter()
     result = train(config, resume=resume, model_and_tokenizer=bases[config.base], progress=progress)
+    method = METHODS[config.method]
     try:
         if result.interrupted:
             return None
-        trainable = sum(p.numel() for p in result.model.prefix_parameters())
+        trainable = sum(p.numel() for p in method.parameters(result.model))
     finally:
-        result.model.unload()  # the shared base model goes back to its plain attention
+        method.release(result.model)  # the shared base model as it was (plain attention, no LoRA)
     return summarise(point, folder, result.steps, trainable, time.perf_counter() - started)
 
 
 def summarise(point: Point, folder: Path, steps: int, trainable: int, seconds: float) -> dict:
     """One row: the point's values, what the run reached, its size and cost."""
     records = read_log(folder)
-    losses = [r["loss"] for r in records if r.get("kind") == "train"]
+    trains = [r for r in records if r.get("kind") == "train"]
+    losses = [r["loss"] for r in trains]
+    saved = [r for r in records if r.get("kind") == "saved"]
+    peaks = [r["peak_mem_mb"] for r in trains if r.get("peak_mem_mb") is not None]
     evals = [r for r in records if r.get("kind") == "eval"]
     window = losses[-max(1, int(len(losses) * LOSS_WINDOW)) :]
     row: dict[str, Any] = {
@@ -80,7 +85,12 @@ def summarise(point: Point, folder: Path, steps: int, trainable: int, seconds: f
         "train_loss": statistics.fmean(window) if window else None,
         "train_loss_std": statistics.pstdev(window) if len(window) > 1 else 0.0,
         "trainable_params": trainable,
+        "stored_params": saved[-1]["stored_params"] if saved else None,
+        "stored_bytes": saved[-1]["stored_bytes"] if saved else None,
         "prefix_bytes": _stored_bytes(folder / "prefix"),
+        # the median: the first steps (allocation, warm-up) and evaluations do not count
+        "step_time_s": round(statistics.median(r["seconds"] for r in trains), 4) if trains else None,
+        "peak_mem_mb": max(peaks) if peaks else None,
         "seconds": round(seconds, 1),
         "loss_curve": losses,
     }

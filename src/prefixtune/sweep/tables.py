@@ -9,7 +9,17 @@ from pathlib import Path
 from typing import Any
 
 METRICS = ("best_BLEU", "final_BLEU", "final_dev_loss", "train_loss", "train_loss_std")
-SIZES = ("trainable_params", "prefix_bytes", "seconds")
+SIZES = (
+    "trainable_params",
+    "stored_params",
+    "stored_bytes",
+    "prefix_bytes",
+    "step_time_s",
+    "peak_mem_mb",
+    "seconds",
+)
+"""What a run costs: the same for every seed of a setting, but times and memory (averaged)."""
+AVERAGED = frozenset({"step_time_s", "peak_mem_mb", "seconds"})
 REPEAT_AXES = ("seed",)
 """Axes whose values are repetitions, not settings: results are averaged over them."""
 
@@ -32,7 +42,7 @@ def aggregate(rows: list[dict[str, Any]], axes: list[str]) -> list[dict[str, Any
         for size in SIZES:
             values = [m[size] for m in members if m.get(size) is not None]
             if values:
-                out[size] = statistics.fmean(values) if size == "seconds" else values[0]
+                out[size] = statistics.fmean(values) if size in AVERAGED else values[0]
         table.append(out)
     return table
 
@@ -78,10 +88,14 @@ def markdown(summary: list[dict[str, Any]], axes: list[str]) -> str:
 def _size(name: str, value: Any) -> str:
     if value is None:
         return ""
-    if name == "prefix_bytes":
-        return f"{value / 1024:.0f} KB"
+    if name in ("prefix_bytes", "stored_bytes"):
+        return f"{value / 1024:.0f} KB" if value < 10 * 2**20 else f"{value / 2**20:.0f} MB"
     if name == "seconds":
         return f"{value:.0f} s"
+    if name == "step_time_s":
+        return f"{value:.3f} s"
+    if name == "peak_mem_mb":
+        return f"{value:.0f} MB"
     return f"{int(value):,}"
 
 

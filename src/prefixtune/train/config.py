@@ -20,9 +20,18 @@ class TrainConfig:
     dev: str | None = None
     """Development data for evaluation during training (same formats); none: no evaluation."""
     output: str = "runs/prefix"
-    """Run folder: the best prefix goes to OUTPUT/prefix, plus checkpoint.pt, metrics.jsonl, curve.png."""
+    """Run folder: the best prefix goes to OUTPUT/prefix (OUTPUT/model for --method finetune,
+    OUTPUT/adapter for lora), plus checkpoint.pt, metrics.jsonl, curve.png."""
     base: str = "smollm2-135m"
     """Base model: a Hugging Face folder, a .gguf file, or the alias smollm2-135m."""
+    method: str = "prefix"
+    """What trains: prefix (prefix-tuning), finetune (every weight of the base; it wants a far lower --lr,
+    e.g. 5e-5) or lora (PEFT's LoRA; e.g. --lr 2e-4). The prefix options apply to prefix only."""
+    lora_rank: int = 8
+    """Rank of the LoRA matrices (--method lora)."""
+    lora_targets: str | None = None
+    """Modules LoRA adapts, comma-separated, e.g. q_proj,v_proj (--method lora); default: PEFT's for the
+    model's family."""
     format: str | None = None
     """Data format (e2e, webnlg, dart, csv, tsv, jsonl); default: guessed from the file."""
     source_column: str = "source"
@@ -93,6 +102,7 @@ class TrainConfig:
                     f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
                 )
         check_numbers(self)
+        check_method(self)
         if self.layers is not None:  # a list from run.json: kept as a tuple, as the command line gives
             object.__setattr__(self, "layers", self.prefix_config().layers)
         self.prefix_config()  # validates the prefix fields
@@ -133,6 +143,17 @@ def check_numbers(config: Any) -> None:
         value = getattr(config, name)
         if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
             raise PrefixTuneError(f"--{name.replace('_', '-')} must be a number from 0 up, got {value}")
+
+
+METHOD_NAMES = ("prefix", "finetune", "lora")
+"""The keys of `train.methods.METHODS`."""
+
+
+def check_method(config: TrainConfig) -> None:
+    if config.method not in METHOD_NAMES:
+        raise PrefixTuneError(f"--method must be one of {', '.join(METHOD_NAMES)}, got {config.method!r}")
+    if config.lora_rank < 1:
+        raise PrefixTuneError(f"--lora-rank must be at least 1, got {config.lora_rank}")
 
 
 # Settings that may change when a run is resumed without changing what it computes.

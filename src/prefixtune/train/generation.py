@@ -1,6 +1,7 @@
 """The generation run: what `prefixtune train` runs (decoder-only `[x; y]` or encoder-decoder, see
 `recipe.recipe_for`), on the one loop (`loop.run`): length-bucketed batches, dev loss and BLEU, the
-best prefix by BLEU, early stopping, checkpoints that resume exactly.
+best prefix by BLEU, early stopping, checkpoints that resume exactly. `--method` trains a baseline
+instead of a prefix on all of it (`methods`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from prefixtune.data import Example, read_dataset
-from prefixtune.engine.model import DEFAULT_NAME
-from prefixtune.engine.wrap import wrap
 from prefixtune.errors import PrefixTuneError
 from prefixtune.train import distributed
 from prefixtune.train.checkpoint import CHECKPOINT, remove_stale_temporaries
@@ -22,6 +21,7 @@ from prefixtune.train.config import RESUMABLE_CHANGES, TrainConfig
 from prefixtune.train.encode import bucketed_batches
 from prefixtune.train.evaluate import dev_loss, evaluate_prefix
 from prefixtune.train.loop import TrainResult, run
+from prefixtune.train.methods import METHODS
 from prefixtune.train.recipe import Task, recipe_for
 from prefixtune.train.run_folder import RUN_FILE, RunLock, check_folder, clear_dead_start
 from prefixtune.train.seq2seq import guess_task
@@ -39,6 +39,8 @@ def train(
 
     Args:
         model_and_tokenizer: an already loaded (base model, tokenizer), instead of loading `config.base`.
+            Its weights are not changed: `--method finetune` trains a copy, and the result's model
+            gives the base back with `METHODS[config.method].release`.
     """
     started = distributed.join()
     try:
@@ -52,12 +54,13 @@ def _train(config: TrainConfig, resume: bool, model_and_tokenizer, progress: boo
     train_set, dev_set = load_data(config)  # bad data
     distributed.on_main(check_output, config, resume)  # a folder holding another run, or nothing to resume
     base, tokenizer = model_and_tokenizer or _load_base(config.base)  # a bad base model
-    model = wrap(distributed.place(base))
-    model.add(DEFAULT_NAME, config.prefix_config(), tokenizer)  # bad layers
+    method = METHODS[config.method]
+    # bad layers, a family LoRA knows no targets for
+    model = method.build(config, distributed.place(base), tokenizer, model_and_tokenizer is not None)
     opened = distributed.on_main(open_output, config, resume)
     lock, continuing = opened or (None, False)
     try:
-        task = generation_task(config, model, tokenizer, train_set, dev_set)
+        task = generation_task(config, model, tokenizer, train_set, dev_set, method)
         folder, continuing = Path(config.output), distributed.from_main(continuing)
         return run(config, task, model, tokenizer, folder, continuing=continuing, progress=progress)
     finally:
@@ -65,7 +68,9 @@ def _train(config: TrainConfig, resume: bool, model_and_tokenizer, progress: boo
             lock.release()
 
 
-def generation_task(config: TrainConfig, model, tokenizer, train_set: list[Example], dev_set) -> Task:
+def generation_task(
+    config: TrainConfig, model, tokenizer, train_set: list[Example], dev_set, method=METHODS["prefix"]
+) -> Task:
     """What a generation run brings to the loop (see `recipe.Task`)."""
     # decoder-only: [x; y] in one stream; encoder-decoder: x to the encoder, y as labels (train/seq2seq.py)
     recipe = recipe_for(model)
@@ -78,6 +83,7 @@ def generation_task(config: TrainConfig, model, tokenizer, train_set: list[Examp
         best="BLEU",
         describe=lambda step, s: f"step {step}: dev loss {s['dev_loss']:.3f}, dev BLEU {s['BLEU']:.2f}",
         checkpoint_every=config.checkpoint_every,
+        method=method,
     )
 
 

@@ -1,10 +1,11 @@
-"""The one training loop: AdamW on what trains (the prefixes, and a classifier's head), warmup and
-linear decay, clipping, accumulation, periodic evaluation keeping the best prefix, early stopping,
-atomic checkpoints that resume to the same prefix, and Ctrl-C that saves before it exits.
+"""The one training loop: AdamW on what trains (the prefixes, and a classifier's head; or a
+baseline's weights), warmup and linear decay, clipping, accumulation, periodic evaluation keeping
+the best prefix, early stopping, atomic checkpoints that resume to the same prefix, and Ctrl-C that
+saves before it exits.
 
 What differs between kinds of run comes in a `recipe.Task`: its batches and loss, its evaluation,
-whether it checkpoints. The runs: `generation.train` (`prefixtune train`) and
-`classify.train_classifier` (`prefixtune train --task classify`).
+whether it checkpoints, what trains (`Task.method`, see `methods`). The runs: `generation.train`
+(`prefixtune train`) and `classify.train_classifier` (`prefixtune train --task classify`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from tqdm.auto import tqdm
 
 from prefixtune.train import distributed, report
 from prefixtune.train.checkpoint import load_checkpoint, save_checkpoint
+from prefixtune.train.methods import stored_size
 from prefixtune.train.recipe import Recipe, Task
-from prefixtune.train.run_folder import PREFIX_DIR
 
 
 @dataclass
@@ -31,12 +32,14 @@ class TrainResult:
 
     output: Path
     prefix_path: Path
+    """What the run kept: OUTPUT/prefix, or a baseline's OUTPUT/model or OUTPUT/adapter (`methods`)."""
     steps: int
     best: dict[str, float] = field(default_factory=dict)
     interrupted: bool = False
     stopped_early: bool = False
     model: Any = field(default=None, repr=False)
-    """The PrefixModel as training left it (its "default" prefix is the last step's, not the best)."""
+    """The PrefixModel as training left it (its "default" prefix is the last step's, not the best); a
+    baseline's model (`Task.method.release` gives its base back)."""
 
 
 @dataclass
@@ -90,23 +93,28 @@ def run(
     continuing: bool = False,
     progress: bool = True,
 ) -> TrainResult:
-    """Train `model.prefix_parameters()` (the prefixes, and a classifier's head) for `config.steps`
-    steps, in a run folder this process holds.
+    """Train what `task.method` trains (`model.prefix_parameters()`: the prefixes, and a classifier's
+    head; or a baseline's weights) for `config.steps` steps, in a run folder this process holds.
 
     Args:
         config: the run's settings (see `Settings`).
         task: what the kind of run brings (see `recipe.Task`).
+        model: as `task.method.build` made it (a PrefixModel for the prefix).
         continuing: from the folder's checkpoint (a task with checkpoints only).
     """
-    params = model.prefix_parameters()
+    params = task.method.parameters(model)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _warmup_then_decay(config.warmup_steps, config.steps)
     )
-    state = _Run(config, task, folder, model, optimizer, scheduler, Cursor(config.seed, task.plan))
+    cursor = Cursor(config.seed, task.plan)
+    state = _Run(config, task, folder, model, tokenizer, optimizer, scheduler, cursor)
     torch.manual_seed(config.seed)
+    report.reset_peak_memory(model.device)
     if continuing:
         state.restore()
+    elif distributed.current().main:  # what the run costs, beside what it reaches
+        report.append_log(folder, _sizes(task, model, params))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stopper = _Interrupt()
     try:
@@ -117,12 +125,29 @@ def run(
     if main and stopper.requested and state.resumable:
         state.checkpoint()
     elif main and not stopper.requested and task.evaluate is None:
-        model.save(folder / PREFIX_DIR, include_trainable=state.resumable)
+        state.save()
     if main:
         report.plot_curve(folder)
     return TrainResult(
-        folder, folder / PREFIX_DIR, state.step, state.best, stopper.requested, state.stopped_early, model
+        folder,
+        folder / task.method.folder,
+        state.step,
+        state.best,
+        stopper.requested,
+        state.stopped_early,
+        model,
     )
+
+
+def _sizes(task: Task, model, params: list) -> dict[str, Any]:
+    """The log's first record: the method, and how many values train out of the model's."""
+    return {
+        "kind": "params",
+        "step": 0,
+        "method": task.method.name,
+        "trainable_params": sum(p.numel() for p in params),
+        "total_params": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def _loop(state: _Run, params, pad: int, progress: bool, stopper: _Interrupt) -> None:
@@ -142,6 +167,7 @@ def _loop(state: _Run, params, pad: int, progress: bool, stopper: _Interrupt) ->
             if not task.counts_tokens:
                 record = {k: v for k, v in record.items() if k not in ("tokens", "tokens_per_s")}
             record["step"] = state.step
+            record["peak_mem_mb"] = report.peak_memory_mb(model.device)
             if main:
                 report.append_log(state.folder, record)
             bar.update(1)
@@ -162,6 +188,7 @@ class _Run:
     task: Task
     folder: Path
     model: Any
+    tokenizer: Any
     optimizer: torch.optim.Optimizer
     scheduler: Any
     cursor: Cursor
@@ -174,8 +201,16 @@ class _Run:
     def resumable(self) -> bool:
         return self.task.checkpoint_every is not None
 
+    def save(self) -> None:
+        """Keep what trains as the run's result (OUTPUT/prefix, /model or /adapter); log its size."""
+        result = self.folder / self.task.method.folder
+        self.task.method.save(self.model, self.tokenizer, result, self.resumable)
+        values, size = stored_size(result)
+        report.append_log(
+            self.folder, {"kind": "saved", "step": self.step, "stored_params": values, "stored_bytes": size}
+        )
+
     def checkpoint(self) -> None:
-        prefix = self.model.prefixes["default"]
         save_checkpoint(
             self.folder,
             {
@@ -184,7 +219,7 @@ class _Run:
                 "bad_evals": self.bad_evals,
                 "stopped_early": self.stopped_early,
                 "cursor": self.cursor.state(),
-                "prefix": prefix.reparam.state_dict(),
+                "trained": self.task.method.state(self.model),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "config": self.config.to_dict(),
@@ -193,7 +228,8 @@ class _Run:
 
     def restore(self) -> None:
         state = load_checkpoint(self.folder)
-        self.model.prefixes["default"].reparam.load_state_dict(state["prefix"])
+        # "prefix": a checkpoint written before the baselines, always a prefix's
+        self.task.method.restore(self.model, state["trained"] if "trained" in state else state["prefix"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.cursor.epoch, self.cursor.index = state["cursor"]["epoch"], state["cursor"]["index"]
@@ -269,7 +305,7 @@ def _evaluate(state: _Run) -> None:
         others = {k: v for k, v in scores.items() if k != task.best}
         state.best = {task.best: scores[task.best], **others, "step": step}
         state.bad_evals = 0
-        state.model.save(state.folder / PREFIX_DIR, include_trainable=state.resumable)
+        state.save()
     else:
         state.bad_evals += 1
         patience = state.config.patience

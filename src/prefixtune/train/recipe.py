@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from prefixtune.train.encode import IGNORE
+from prefixtune.train.methods import METHODS, Method
 from prefixtune.train.seq2seq import collate_pairs, encode_pairs, is_seq2seq, pair_loss
 
 
@@ -65,3 +66,6 @@ class Task:
     started again rather than resumed (the classifier), which writes no checkpoint."""
     counts_tokens: bool = True
     """Train records (and the progress bar) carry the tokens of each step and tokens per second."""
+    method: Method = METHODS["prefix"]
+    """What trains and what the run keeps: the prefix (and a classifier's head) of a PrefixModel, or a
+    baseline (`methods`: every weight, LoRA)."""

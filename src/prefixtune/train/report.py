@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
+
+import torch
+
+try:
+    import resource
+except ImportError:  # Windows: no getrusage; the CPU peak is then not reported
+    resource = None  # type: ignore[assignment]
 
 LOG = "metrics.jsonl"
 CURVE = "curve.png"
@@ -35,6 +43,24 @@ def truncate_log(folder: Path, last_step: int) -> None:
     temporary = folder / f".{LOG}.tmp"
     temporary.write_text(text, encoding="utf-8")
     temporary.replace(folder / LOG)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start counting a run's peak memory afresh (on a GPU; see `peak_memory_mb`)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    """The run's peak memory in MiB: tensors allocated on a GPU since `reset_peak_memory`; on the CPU
+    the process's peak resident size, which cannot be reset (runs of one sweep share one process, so a
+    later run reports at least an earlier run's peak)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    if resource is None:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
 def plot_curve(folder: Path) -> Path | None:

@@ -35,7 +35,11 @@ except ImportError:  # Windows: no flock; runs are then not kept apart (everythi
 RUN_FILE = "run.json"
 LOCK_FILE = "run.lock"
 PREFIX_DIR = "prefix"
-RUN_FILES = frozenset({RUN_FILE, LOCK_FILE, LOG, CURVE, PREFIX_DIR, CHECKPOINT})
+MODEL_DIR = "model"
+ADAPTER_DIR = "adapter"
+RESULT_DIRS = (PREFIX_DIR, MODEL_DIR, ADAPTER_DIR)
+"""Where a run keeps what it trained: a prefix, a fine-tuned model, a LoRA adapter (`train.methods`)."""
+RUN_FILES = frozenset({RUN_FILE, LOCK_FILE, LOG, CURVE, CHECKPOINT, *RESULT_DIRS})
 """What a run writes into its folder (besides hidden temporaries, see `_written_by_a_run`)."""
 
 
@@ -122,14 +126,20 @@ def check_folder(folder: Path) -> None:
 
 
 def _written_by_a_run(name: str) -> bool:
-    # hidden temporaries: a checkpoint or log being replaced, a prefix folder being swapped in
-    return name in RUN_FILES or name.startswith(tuple(f".{n}." for n in (CHECKPOINT, LOG, PREFIX_DIR)))
+    # hidden temporaries: a checkpoint or log being replaced, a result folder being swapped in
+    return name in RUN_FILES or name.startswith(tuple(f".{n}." for n in (CHECKPOINT, LOG, *RESULT_DIRS)))
 
 
 def clear_dead_start(folder: Path) -> None:
-    """Remove what a run that never reached a checkpoint left: its settings, log, plot and prefix."""
+    """Remove what a run that never reached a checkpoint left: its settings, log, plot and result."""
     for name in (RUN_FILE, LOG, CURVE):
         (folder / name).unlink(missing_ok=True)
-    shutil.rmtree(folder / PREFIX_DIR, ignore_errors=True)
-    for stale in folder.glob(".*.tmp"):  # temporaries of a checkpoint or log being written when it died
-        stale.unlink(missing_ok=True)
+    for name in RESULT_DIRS:
+        shutil.rmtree(folder / name, ignore_errors=True)
+    for stale in folder.glob(
+        ".*.tmp"
+    ):  # temporaries of a checkpoint, log or result being written when it died
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
