@@ -65,6 +65,6 @@ def test_two_processes_end_with_the_one_process_prefix(one_process, launcher, tm
     for a, b in zip(logs[1], logs[2], strict=True):
         if a["kind"] == "train":
             assert abs(a["loss"] - b["loss"]) < 1e-5 and a["tokens"] == b["tokens"]
-    state = [torch.load(runs[n] / "checkpoint.pt", weights_only=False)["prefix"] for n in (1, 2)]
+    state = [torch.load(runs[n] / "checkpoint.pt", weights_only=False)["trained"] for n in (1, 2)]
     for key, value in state[0].items():
         torch.testing.assert_close(state[1][key], value, rtol=0, atol=1e-5)
