@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "prefixtune"
 ENGINE = PACKAGE / "engine"
@@ -282,13 +284,17 @@ def test_no_module_imports_another_modules_private_names():
     assert not private, "\n".join(private)
 
 
-def test_the_classifier_config_holds_a_prefix_config_rather_than_restating_its_fields():
+@pytest.mark.parametrize(
+    "module, name",
+    [("prefixtune.train.config", "TrainConfig"), ("prefixtune.train.classify_config", "ClassifyConfig")],
+)
+def test_a_run_config_holds_a_prefix_config_rather_than_restating_its_fields(module, name):
     import dataclasses
+    import importlib
 
     from prefixtune.engine.config import PrefixConfig
-    from prefixtune.train.classify_config import ClassifyConfig
 
-    fields = {f.name: f for f in dataclasses.fields(ClassifyConfig)}
+    fields = {f.name: f for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
     prefix_fields = {f.name for f in dataclasses.fields(PrefixConfig)} - {"seed"}  # the seed is the run's
     assert fields["prefix"].type in (PrefixConfig, "PrefixConfig")
-    assert not prefix_fields & set(fields), "ClassifyConfig restates PrefixConfig's fields"
+    assert not prefix_fields & set(fields), f"{name} restates PrefixConfig's fields"

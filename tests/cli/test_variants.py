@@ -21,10 +21,11 @@ from prefixtune.train.config import TrainConfig
 def test_kind_and_layers_options_build_the_prefix_config():
     args = build_parser().parse_args(["train", "--train", "t.csv", "--kind", "embedding", "--layers=-2,-1"])
     config = dataclass_from_args(TrainConfig, args)
-    assert config.layers == (-2, -1)
+    assert config.prefix.layers == (-2, -1)
     prefix = config.prefix_config()
     assert (prefix.kind, prefix.layers, prefix.positions) == ("embedding", (-2, -1), "shifted")
-    assert TrainConfig(train="t.csv", layers=[0, 1]).layers == (0, 1)  # as read back from run.json
+    read_back = TrainConfig.from_dict({"train": "t.csv", "layers": [0, 1]})  # a list, as from run.json
+    assert read_back.prefix.layers == (0, 1)
     assert TrainConfig(train="t.csv").prefix_config().positions == "keep"
     assert ClassifyConfig.from_dict({"train": "t.csv", "layers": [-1]}).prefix_config().layers == (
         -1,
@@ -90,7 +91,7 @@ def test_a_sweep_over_kinds_trains_each_variant_on_the_chosen_layers(tmp_path, c
 
 
 def test_a_new_row_groups_with_kept_rows_read_back_from_json(tmp_path):
-    point = Point({"layers": (0, 1), "seed": 0}, TrainConfig(train="t.csv", layers=(0, 1)))
+    point = Point({"layers": (0, 1), "seed": 0}, TrainConfig.from_dict({"train": "t.csv", "layers": (0, 1)}))
     row = summarise(point, tmp_path, steps=0, trainable=0, seconds=0.0)
     assert row["layers"] == [0, 1]
     kept = json.loads(json.dumps({**row, "seed": 1}))  # a finished run's row.json

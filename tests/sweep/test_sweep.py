@@ -46,7 +46,9 @@ def test_bad_axes_name_the_problem(specs, message):
 
 def test_expand_makes_every_combination_and_validates_each():
     points = expand(parse_axes(["length=2,4", "seed=0,1,2"]), TrainConfig(train="t.csv"))
-    assert [(p.config.length, p.config.seed) for p in points] == [(a, b) for a in (2, 4) for b in (0, 1, 2)]
+    assert [(p.config.prefix.length, p.config.seed) for p in points] == [
+        (a, b) for a in (2, 4) for b in (0, 1, 2)
+    ]
     assert points[1].name == "length=2,seed=1"
     with pytest.raises(PrefixTuneError, match="--steps must be at least 1"):
         expand(parse_axes(["steps=0,5"]), TrainConfig(train="t.csv"))

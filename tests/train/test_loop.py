@@ -41,7 +41,7 @@ def _config(tmp_path: Path, **changes) -> TrainConfig:
         "length": 4,
         "mlp_hidden": 32,
     }
-    return TrainConfig(**{**settings, **changes})
+    return TrainConfig.from_dict({**settings, **changes})
 
 
 def _prefix_tensor(folder: Path) -> torch.Tensor:
@@ -141,7 +141,7 @@ RUNNER = textwrap.dedent(
     from conftest import make_model
     from synthetic import word_tokenizer
     from prefixtune.train import TrainConfig, train
-    config = TrainConfig(**json.loads(sys.argv[1]))
+    config = TrainConfig.from_dict(json.loads(sys.argv[1]))
     train(config, resume=sys.argv[2] == "resume", model_and_tokenizer=(make_model("llama"), word_tokenizer()),
           progress=False)
     """

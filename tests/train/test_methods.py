@@ -44,7 +44,7 @@ def _config(tmp_path: Path, method: str, **changes) -> TrainConfig:
         "mlp_hidden": 32,
         "max_new_tokens": 6,
     }
-    return TrainConfig(**{**settings, **changes})
+    return TrainConfig.from_dict({**settings, **changes})
 
 
 def _kept(folder: Path) -> dict[str, torch.Tensor]:

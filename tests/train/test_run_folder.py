@@ -37,7 +37,7 @@ def _config(tmp_path: Path, **changes) -> TrainConfig:
         "mlp_hidden": 8,
         "warmup_steps": 1,
     }
-    return TrainConfig(**{**settings, **changes})
+    return TrainConfig.from_dict({**settings, **changes})
 
 
 def _tiny():

@@ -42,20 +42,22 @@ def test_a_run_on_a_copy_task_learns_and_only_the_prefix_changes(tmp_path):
     train_csv, dev_csv = write_copy_task(tmp_path)
     base = make_seq2seq("bart")
     before = {k: v.clone() for k, v in base.state_dict().items()}
-    config = TrainConfig(
-        train=str(train_csv),
-        dev=str(dev_csv),
-        output=str(tmp_path / "run"),
-        steps=60,
-        eval_every=60,
-        checkpoint_every=60,
-        init="random",
-        lr=3e-2,
-        batch_size=16,
-        warmup_steps=2,
-        length=8,
-        mlp_hidden=64,
-        max_new_tokens=6,
+    config = TrainConfig.from_dict(
+        dict(
+            train=str(train_csv),
+            dev=str(dev_csv),
+            output=str(tmp_path / "run"),
+            steps=60,
+            eval_every=60,
+            checkpoint_every=60,
+            init="random",
+            lr=3e-2,
+            batch_size=16,
+            warmup_steps=2,
+            length=8,
+            mlp_hidden=64,
+            max_new_tokens=6,
+        )
     )
     result = train(config, model_and_tokenizer=(base, word_tokenizer()), progress=False)
     losses = [r["loss"] for r in read_log(result.output) if r["kind"] == "train"]

@@ -39,7 +39,7 @@ def add_task_options(parser: argparse.ArgumentParser) -> None:
         "random init, lr 1e-2, batch 32, 1000 steps",
     )
     shared = {f.dest for f in parser._actions}  # the prefix's options among them (`PREFIX_OPTIONS`)
-    add_dataclass_options(parser, ClassifyConfig, skip=(*shared, "prefix"))
+    add_dataclass_options(parser, ClassifyConfig, skip=tuple(shared))
 
 
 def run_train_classifier(args: argparse.Namespace) -> int:
@@ -48,7 +48,7 @@ def run_train_classifier(args: argparse.Namespace) -> int:
     if args.resume:
         raise PrefixTuneError("--resume is not supported with --task classify; start the run again")
     options = ClassifyConfig.options()
-    foreign = sorted(k for k in vars(args) if k in TrainConfig.__dataclass_fields__ and k not in options)
+    foreign = sorted(k for k in vars(args) if k in TrainConfig.options() and k not in options)
     if foreign:
         names = ", ".join("--" + k.replace("_", "-") for k in foreign)
         raise PrefixTuneError(f"{names} do(es) not apply to --task classify")

@@ -56,7 +56,8 @@ def run_demo(args: argparse.Namespace) -> int:
     bare, bare_rows = evaluate_prefix(bare_model, tokenizer, dev, bare=True, **scoring)
     bare_model.unload()
     print(
-        f"training a prefix ({config.length} vectors per layer, init from {config.init_text!r}) "
+        f"training a prefix ({config.prefix.length} vectors per layer, "
+        f"init from {config.prefix.init_text!r}) "
         f"for {config.steps} steps on {bundled_e2e('train').name} ...",
         flush=True,
     )

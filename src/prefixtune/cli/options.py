@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import dataclasses
 import inspect
 import textwrap
 import types
@@ -13,6 +12,7 @@ from typing import Any
 
 from prefixtune.engine.config import parse_layers
 from prefixtune.errors import PrefixTuneError, WeightsMismatch
+from prefixtune.train import flat
 
 CLI_WEIGHTS_FIX = "pass that base model with --base, or pass --no-check-weights to apply the prefix anyway"
 
@@ -33,24 +33,26 @@ def attribute_docs(cls: type) -> dict[str, str]:
 
 
 def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One `--field-name` option per field; the default shows in the help."""
-    docs = attribute_docs(cls)
-    hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
-        if field.name in skip:
+    """One `--field-name` option per field (a run config's prefix: one per `PREFIX_OPTIONS`, with
+    `PREFIX_HELP`; `train.flat`); the default shows in the help."""
+    docs = {**attribute_docs(cls), **getattr(cls, "PREFIX_HELP", {})}
+    hints, defaults = flat.hints(cls), flat.defaults(cls)
+    for name in flat.options(cls):
+        if name in skip:
             continue
-        kind = _base_type(hints[field.name])
-        flag = "--" + field.name.replace("_", "-")
+        flag = "--" + name.replace("_", "-")
         # argparse %-formats help strings: a literal % in a docstring ("16 % faster") must be doubled
-        help_text = f"{docs.get(field.name, '')} (default: {field.default})".replace("%", "%%")
-        parser.add_argument(flag, dest=field.name, type=kind, default=argparse.SUPPRESS, help=help_text)
+        help_text = f"{docs.get(name, '')} (default: {defaults[name]})".replace("%", "%%")
+        parser.add_argument(
+            flag, dest=name, type=_base_type(hints[name]), default=argparse.SUPPRESS, help=help_text
+        )
 
 
 def dataclass_from_args(cls: type, args: argparse.Namespace, base: dict[str, Any] | None = None):
-    """Build `cls` from `base` values overridden by the options the user gave."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    """Build `cls` from `base` values overridden by the options the user gave (flat settings)."""
+    names = set(flat.options(cls))
     given = {k: v for k, v in vars(args).items() if k in names}
-    return cls(**{**(base or {}), **given})
+    return flat.from_dict(cls, {**(base or {}), **given})
 
 
 def _base_type(hint: Any) -> Any:

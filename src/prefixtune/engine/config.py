@@ -63,7 +63,7 @@ class PrefixConfig:
         _check_choice("init", self.init, INITS)
         _check_choice("kind", self.kind, KINDS)
         if self.positions is None:  # frozen: the resolved value is set once, here
-            object.__setattr__(self, "positions", "shifted" if self.kind == "embedding" else "keep")
+            object.__setattr__(self, "positions", default_positions(self.kind))
         _check_choice("positions", self.positions, POSITIONS)
         if self.kind == "embedding" and self.positions != "shifted":
             raise PrefixTuneError(
@@ -97,6 +97,11 @@ class PrefixConfig:
 
     def replace(self, **changes: Any) -> PrefixConfig:
         return dataclasses.replace(self, **changes)
+
+
+def default_positions(kind: str) -> str:
+    """The positions of a prefix of this kind that leaves `positions` unset (None)."""
+    return "shifted" if kind == "embedding" else "keep"
 
 
 def parse_layers(text: str) -> tuple[int, ...]:

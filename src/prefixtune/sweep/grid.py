@@ -1,8 +1,9 @@
 """A grid of training settings: `--grid length=1,5,10 --grid seed=0,1,2` -> one TrainConfig per point.
 
-Each axis names a `TrainConfig` field; values are parsed with the field's type. Values are split on
-`|` when the text holds one (so that a value may contain commas: `init_text=a, b|c, d`), else on `,`.
-`none` stands for None where the field allows it.
+Each axis names a `TrainConfig` setting as the command line does (`length`, `seed`: `TrainConfig.options`);
+values are parsed with the setting's type. Values are split on `|` when the text holds one (so that a
+value may contain commas: `init_text=a, b|c, d`), else on `,`. `none` stands for None where the
+setting allows it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from prefixtune.engine.config import parse_layers
 from prefixtune.errors import PrefixTuneError
+from prefixtune.train import flat
 from prefixtune.train.config import TrainConfig
 
 NOT_AXES = ("output",)  # each run gets its own folder inside the sweep's
@@ -37,8 +39,8 @@ class Point:
 
 def parse_axes(specs: list[str]) -> dict[str, list[Any]]:
     """`["length=1,5", "init=random,text"]` -> {"length": [1, 5], "init": ["random", "text"]}."""
-    hints = typing.get_type_hints(TrainConfig)
-    fields = sorted(f.name for f in dataclasses.fields(TrainConfig) if f.name not in NOT_AXES)
+    hints = flat.hints(TrainConfig)
+    fields = sorted(name for name in TrainConfig.options() if name not in NOT_AXES)
     axes: dict[str, list[Any]] = {}
     for spec in specs:
         name, sep, text = spec.partition("=")

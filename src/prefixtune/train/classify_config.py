@@ -2,25 +2,22 @@
 
 The prefix is a `PrefixConfig` (`prefix`), not a copy of its fields. On the command line and in
 `run.json` the settings are flat, as for a generation run: `--length 16 --reparam flat ...` name the
-prefix's fields (`PREFIX_OPTIONS`); `from_dict` and `to_dict` convert. The other attribute docstrings
-are the `--help` of `prefixtune train --task classify`'s own options.
+prefix's fields (`PREFIX_OPTIONS`); `from_dict` and `to_dict` convert (`train.flat`). The other
+attribute docstrings are the `--help` of `prefixtune train --task classify`'s own options.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from prefixtune.engine.config import PrefixConfig
 from prefixtune.errors import PrefixTuneError
+from prefixtune.train import flat
 from prefixtune.train.config import check_numbers
 from prefixtune.train.heads import POOLINGS
 
 DROPOUT_CHOICES = ("off", "on")
-PREFIX_OPTIONS = ("length", "reparam", "mlp_hidden", "init", "layers")
-"""The `PrefixConfig` fields a classifier run takes as options (`--length`, ...); the prefix's seed is
-the run's `seed`, and its other fields keep `PrefixConfig`'s defaults (a prefix in keys/values)."""
 
 
 def _classifier_prefix() -> PrefixConfig:
@@ -30,6 +27,10 @@ def _classifier_prefix() -> PrefixConfig:
 @dataclass(frozen=True)
 class ClassifyConfig:
     """A P-Tuning v2 run: a prefix in every encoder layer plus a linear head, the encoder frozen."""
+
+    PREFIX_OPTIONS: ClassVar[tuple[str, ...]] = ("length", "reparam", "mlp_hidden", "init", "layers")
+    """The `PrefixConfig` fields a classifier run takes as options (`--length`, ...); the prefix's seed is
+    the run's `seed`, and its other fields keep `PrefixConfig`'s defaults (a prefix in keys/values)."""
 
     train: str = ""
     """Training data: CSV or TSV (or JSONL) with a text column and a label column, e.g. SST-2's train.tsv."""
@@ -103,28 +104,22 @@ class ClassifyConfig:
 
     def prefix_config(self) -> PrefixConfig:
         """The prefix the run trains: `prefix`, seeded with the run's seed."""
-        return self.prefix.replace(seed=self.seed)
+        return flat.run_prefix(self)
 
     @classmethod
     def options(cls) -> list[str]:
         """The flat settings, as the command line and `run.json` name them."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        at = names.index("prefix")
-        return [*names[:at], *PREFIX_OPTIONS, *names[at + 1 :]]
+        return flat.options(cls)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClassifyConfig:
         """From flat settings (`options`; others are ignored), the prefix's among them."""
-        settings = {k: v for k, v in data.items() if k in cls.options()}
-        prefix = {k: settings.pop(k) for k in PREFIX_OPTIONS if k in settings}
-        _check_init(prefix.get("init"))  # before PrefixConfig, which would ask for an init_text
-        return cls(**settings, prefix=_classifier_prefix().replace(**prefix))
+        _check_init(data.get("init"))  # before PrefixConfig, which would ask for an init_text
+        return flat.from_dict(cls, data)
 
     def to_dict(self) -> dict[str, Any]:
         """The flat settings (`options`), as `run.json` holds them."""
-        settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "prefix"}
-        settings.update({k: getattr(self.prefix, k) for k in PREFIX_OPTIONS})
-        return {k: settings[k] for k in self.options()}
+        return flat.to_dict(self)
 
 
 def _check_init(init: str | None) -> None:

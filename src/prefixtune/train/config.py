@@ -1,19 +1,50 @@
-"""Every setting of a training run, as one frozen dataclass (its docstrings are the CLI's help)."""
+"""Every setting of a training run, as one frozen dataclass (its docstrings, and `PREFIX_HELP` for the
+prefix's options, are the CLI's help)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from prefixtune.engine.config import PrefixConfig
 from prefixtune.errors import PrefixTuneError
+from prefixtune.train import flat
+
+
+def _generation_prefix() -> PrefixConfig:
+    return PrefixConfig(length=10, init="text", init_text="table-to-text:")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A prefix-tuning run on a source -> target dataset."""
+    """A prefix-tuning run on a source -> target dataset.
+
+    The prefix is a `PrefixConfig` (`prefix`), not a copy of its fields. On the command line, in
+    `run.json` and on a sweep's grid its settings are flat, beside the run's (`--length 5`): `from_dict`,
+    `to_dict` and `replace` take and give them so (`train.flat`).
+    """
+
+    PREFIX_OPTIONS: ClassVar[tuple[str, ...]] = (
+        "length", "reparam", "mlp_hidden", "init", "init_text", "positions", "kind", "layers"
+    )  # fmt: skip
+    """The `PrefixConfig` fields a run takes as options; the prefix's seed is the run's `seed`."""
+    PREFIX_HELP: ClassVar[dict[str, str]] = {
+        "length": "Prefix length (vectors per layer); with --init text and no length, the text's token "
+        "count.",
+        "reparam": "mlp (P = MLP(P'), the paper's choice, folded away after training) or flat.",
+        "mlp_hidden": "Hidden width of the MLP reparametrisation.",
+        "init": "Prefix initialisation: text (from --init-text), random or zero.",
+        "init_text": "Words whose keys/values start the prefix when --init text.",
+        "positions": "keep: real tokens at positions 0..n-1; shifted: at P..P+n-1 as in PEFT. Default: "
+        "shifted for --kind embedding, else keep.",
+        "kind": "prefix (keys/values in every attention layer, Li & Liang), embedding (prompt tuning: "
+        "trainable input embeddings before the source, the paper's embedding-only ablation) or infix "
+        "([x; INFIX; y]: keys/values seen from the source's last token on).",
+        "layers": "Only these attention layers get the prefix, e.g. --layers 0,1,2 or --layers=-2,-1 (the "
+        "last two); default: every layer.",
+    }
+    """The `--help` of the prefix's options (their defaults are `prefix`'s)."""
 
     train: str = ""
     """Training data: E2E CSV, WebNLG/DART JSON, or your own CSV/TSV/JSONL (see --source-column)."""
@@ -38,26 +69,9 @@ class TrainConfig:
     """Source column for your own CSV/TSV/JSONL."""
     target_column: str = "target"
     """Target column for your own CSV/TSV/JSONL."""
-    length: int | None = 10
-    """Prefix length (vectors per layer); with --init text and no length, the text's token count."""
-    reparam: str = "mlp"
-    """mlp (P = MLP(P'), the paper's choice, folded away after training) or flat."""
-    mlp_hidden: int = 512
-    """Hidden width of the MLP reparametrisation."""
-    init: str = "text"
-    """Prefix initialisation: text (from --init-text), random or zero."""
-    init_text: str | None = "table-to-text:"
-    """Words whose keys/values start the prefix when --init text."""
-    positions: str | None = None
-    """keep: real tokens at positions 0..n-1; shifted: at P..P+n-1 as in PEFT. Default: shifted for
-    --kind embedding, else keep."""
-    kind: str = "prefix"
-    """prefix (keys/values in every attention layer, Li & Liang), embedding (prompt tuning: trainable
-    input embeddings before the source, the paper's embedding-only ablation) or infix ([x; INFIX; y]:
-    keys/values seen from the source's last token on)."""
-    layers: tuple[int, ...] | None = None
-    """Only these attention layers get the prefix, e.g. --layers 0,1,2 or --layers=-2,-1 (the last
-    two); default: every layer."""
+    prefix: PrefixConfig = field(default_factory=_generation_prefix)
+    """The prefix: 10 vectors in every attention layer through the MLP, started from the words
+    "table-to-text:"; its settings are options of their own (`PREFIX_OPTIONS`, `PREFIX_HELP`)."""
     steps: int = 500
     """Optimizer steps."""
     batch_size: int = 8
@@ -103,34 +117,28 @@ class TrainConfig:
                 )
         check_numbers(self)
         check_method(self)
-        if self.layers is not None:  # a list from run.json: kept as a tuple, as the command line gives
-            object.__setattr__(self, "layers", self.prefix_config().layers)
-        self.prefix_config()  # validates the prefix fields
 
     def prefix_config(self) -> PrefixConfig:
-        init_text = self.init_text if self.init == "text" else None
-        return PrefixConfig(
-            length=self.length,
-            reparam=self.reparam,
-            mlp_hidden=self.mlp_hidden,
-            init=self.init,
-            init_text=init_text,
-            positions=self.positions,
-            kind=self.kind,
-            layers=self.layers,
-            seed=self.seed,
-        )
+        """The prefix the run trains: `prefix`, seeded with the run's seed (`flat.run_prefix`)."""
+        return flat.run_prefix(self)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    @classmethod
+    def options(cls) -> list[str]:
+        """The flat settings, as the command line, `run.json` and a sweep's grid name them."""
+        return flat.options(cls)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """From flat settings (`options`; others are ignored), the prefix's among them."""
+        return flat.from_dict(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat settings (`options`), as `run.json` holds them."""
+        return flat.to_dict(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
+        """A copy with some flat settings changed, e.g. `replace(length=5, output="runs/b")`."""
+        return flat.replace(self, **changes)
 
 
 def check_numbers(config: Any) -> None:
