@@ -41,7 +41,7 @@ def cache_pairs(model: PrefixModel, name: str | None = None, verify: bool = True
     with torch.no_grad():
         pairs = [(k.detach().float(), v.detach().float()) for k, v in prefix.slot_tensors()]
     if prefix.config.positions == "keep":
-        rotary = _rotary_module(model.base)
+        rotary = rotary_module(model.base)
         pairs = [(rotate_keys(rotary, k, prefix.length), v) for k, v in pairs]
     if verify:
         check_reproduces(model, name, pairs)
@@ -75,7 +75,7 @@ def check_exportable(model: PrefixModel, name: str) -> None:
             "the model has sliding-window attention: prefixtune keeps the prefix visible to every query, "
             "while a cache's past entries leave the window, so long inputs would differ"
         )
-    if prefix.config.positions == "keep" and _rotary_module(model.base) is None:
+    if prefix.config.positions == "keep" and rotary_module(model.base) is None:
         raise PrefixTuneError(
             f"{type(model.base).__name__} embeds absolute positions (no RoPE): with the prefix in the cache "
             'the real tokens sit at P.., not at 0.. as under positions="keep", and no key rotation makes up '
@@ -130,7 +130,7 @@ def check_reproduces(model: PrefixModel, name: str, pairs: Pairs) -> None:
         )
 
 
-def _rotary_module(base: nn.Module) -> nn.Module | None:
+def rotary_module(base: nn.Module) -> nn.Module | None:
     """The model's one rotary embedding (`...RotaryEmbedding`), or None for absolute positions."""
     found = [m for m in base.modules() if type(m).__name__.endswith("RotaryEmbedding")]
     return found[0] if len(found) == 1 else None

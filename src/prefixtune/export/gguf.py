@@ -120,6 +120,21 @@ def write_f32_gguf(source: str | os.PathLike, target: str | os.PathLike) -> Path
     return Path(target)
 
 
+def cached_f32_copy(source: str | os.PathLike) -> Path:
+    """`write_f32_gguf` of `source` into prefixtune's cache folder ($PREFIXTUNE_CACHE, default
+    ~/.cache/prefixtune), written once (atomically) and reused while `source` is unchanged."""
+    source = Path(source)
+    stat = source.stat()
+    root = Path(os.environ.get("PREFIXTUNE_CACHE") or Path.home() / ".cache" / "prefixtune").expanduser()
+    target = root / f"{source.stem}-{stat.st_size}-{stat.st_mtime_ns}.F32.gguf"
+    if not target.is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(f".{os.getpid()}.tmp")
+        write_f32_gguf(source, partial)
+        os.replace(partial, target)
+    return target
+
+
 def _dequantised_rows(tensor, count: int) -> np.ndarray:
     """`_SAMPLE_ROWS` rows of a GGUF matrix spread over its `count` rows, as fp32 (R, cols)."""
     import gguf as gg

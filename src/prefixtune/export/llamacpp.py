@@ -93,10 +93,7 @@ def to_llamacpp(
     state = state_bytes(
         list(zip(keys, [v for _, v in pairs], strict=True)), not options.flash_attn, options.kv_type
     )
-    path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = struct.pack(f"<III{len(tokens)}i", GGSQ_MAGIC, GGSQ_VERSION, len(tokens), *tokens)
-    path.write_bytes(header + state)
+    path = write_ggsq(output, tokens, state)
     _write_sidecar(path, model, name, gguf, options, tokens)
     return path
 
@@ -129,6 +126,15 @@ def state_bytes(pairs: Pairs, v_trans: bool, kv_type: str, first_pos: int = 0) -
         else:
             out += [struct.pack("<iQ", type_id, value.shape[1] * value.itemsize), value.tobytes()]
     return b"".join(out)
+
+
+def write_ggsq(output: str | os.PathLike, tokens: list[int], state: bytes) -> Path:
+    """A `.ggsq` file: the sequence-state file header with `tokens`, then `state`."""
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(f"<III{len(tokens)}i", GGSQ_MAGIC, GGSQ_VERSION, len(tokens), *tokens)
+    path.write_bytes(header + state)
+    return path
 
 
 def state_buffer(state: bytes, seq_id: int = 0) -> bytes:
