@@ -74,8 +74,21 @@ def _llamacpp(runner, state, prompt_ids: list[int]):
     return new[0], first[0]
 
 
+def _fp32_noise(model, ids: list[int]) -> float:
+    """How far PyTorch's own fp32 first-step logits are from fp64: the floor any fp32 engine shares."""
+    inputs = torch.tensor([ids])
+    with torch.no_grad():
+        single = model(inputs).logits[0, -1].double()
+        model.double()
+        try:
+            double = model(inputs).logits[0, -1]
+        finally:
+            model.float()
+    return float((single - double).abs().max())
+
+
 @pytest.mark.parametrize("kind", sorted(CONFIGS))
-def test_llamacpp_generates_prefixtunes_tokens(kind, smollm, f32_gguf, runner, tmp_path):
+def test_llamacpp_generates_prefixtunes_tokens(kind, smollm, f32_gguf, runner, tmp_path, capsys):
     base, tokenizer = smollm
     model = add_prefix(base, CONFIGS[kind], tokenizer=tokenizer)
     try:
@@ -84,7 +97,12 @@ def test_llamacpp_generates_prefixtunes_tokens(kind, smollm, f32_gguf, runner, t
             ids, ours, our_logits = _prefixtune(model, tokenizer, prompt)
             theirs, their_logits = _llamacpp(runner, state, ids)
             assert theirs == ours, prompt
-            assert np.abs(their_logits - our_logits).max() < 1e-3
+            gap, noise = float(np.abs(their_logits - our_logits).max()), _fp32_noise(model, ids)
+            with capsys.disabled():
+                print(f"\n{kind}: logits within {gap:.2e} (PyTorch fp32 vs fp64: {noise:.2e})", end="")
+            # 1e-3; random prefixes inflate the activations so that fp32 rounding alone (PyTorch's, against
+            # fp64) reaches 1.3e-3 on one prompt: there the bar is twice that floor
+            assert gap < max(1e-3, 2 * noise)
     finally:
         model.unload()
 
