@@ -54,7 +54,7 @@ def hf_generate(model, prompts: list[list[int]], stops: list[int], new: int, bat
         for row in out[:, width:].tolist():
             row = row[: next((i for i, t in enumerate(row) if t in stops), len(row))]
             outputs.append(row)
-            count += len(row) + 1
+            count += min(len(row) + 1, new)  # the stop token was generated too
     return outputs, count
 
 
@@ -67,7 +67,7 @@ def llamacpp_generate(runner, state, prompts, stops, new: int, batch: int):
         cells = [runner.restore(state, seq) if state else [] for seq in range(len(chunk))]
         rows, _ = runner.greedy(chunk, [len(c) for c in cells], new, stops)
         outputs += rows
-        count += sum(len(r) + 1 for r in rows)
+        count += sum(min(len(r) + 1, new) for r in rows)
     return outputs, count
 
 

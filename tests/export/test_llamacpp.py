@@ -203,3 +203,24 @@ def test_quantised_cache_and_other_weights_are_refused(smollm, f32_gguf, tmp_pat
         assert not (tmp_path / "o.ggsq").exists()
     finally:
         model.unload()
+
+
+def test_a_context_with_a_stream_per_sequence(smollm, f32_gguf, tmp_path):
+    """Without a unified cache llama.cpp keeps one KV stream per sequence: the state must say how many."""
+    base, tokenizer = smollm
+    model = add_prefix(base, CONFIGS["text-keep"], tokenizer=tokenizer)
+    engine = LlamaCppRunner(f32_gguf, sequences=2, unified=False)
+    try:
+        one = to_llamacpp(model, f32_gguf, tmp_path / "one.ggsq")
+        with pytest.raises(PrefixTuneError, match="refused"):
+            engine.restore(one, seq_id=1)
+        two = to_llamacpp(model, f32_gguf, tmp_path / "two.ggsq", options=LlamaCppOptions(streams=2))
+        ids, ours, _ = _prefixtune(model, tokenizer, PROMPTS[0])
+        engine.clear()
+        cells = engine.restore(two, seq_id=1)
+        engine.restore(two, seq_id=0)
+        new, _ = engine.greedy([ids, ids], [len(cells), len(cells)], NEW)
+        assert new == [ours, ours]
+    finally:
+        engine.close()
+        model.unload()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import struct
 
-import gguf
 import numpy as np
 import pytest
 import torch
 from conftest import make_model
+from gguf_files import tiny_gguf
 
 from prefixtune import PrefixConfig, PrefixTuneError, add_prefix
 from prefixtune.export.llamacpp import GGSQ_MAGIC, LlamaCppOptions, gguf_key_layout, state_bytes, to_llamacpp
@@ -52,25 +52,10 @@ def test_state_layout(v_trans):
         )
 
 
-def _tiny_gguf(path, arch: str, model) -> None:
-    """A header-only stand-in for a GGUF of `model`'s shape (enough for the export's checks)."""
-    writer = gguf.GGUFWriter(str(path), arch)
-    attention = model.config
-    writer.add_block_count(attention.num_hidden_layers)
-    writer.add_head_count(attention.num_attention_heads)
-    writer.add_head_count_kv(attention.num_key_value_heads)
-    writer.add_embedding_length(attention.hidden_size)
-    writer.add_tensor("token_embd.weight", model.get_input_embeddings().weight.detach().numpy())
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
-
 def test_refusals_before_anything_is_written(tmp_path):
     model = add_prefix(make_model("llama"), PrefixConfig(length=3, seed=1))
-    _tiny_gguf(tmp_path / "llama.gguf", "llama", model.base)
-    _tiny_gguf(tmp_path / "qwen2.gguf", "qwen2", model.base)
+    tiny_gguf(tmp_path / "llama.gguf", "llama", model.base)
+    tiny_gguf(tmp_path / "qwen2.gguf", "qwen2", model.base)
     with pytest.raises(PrefixTuneError, match="q4_0"):
         to_llamacpp(
             model, tmp_path / "llama.gguf", tmp_path / "a.ggsq", options=LlamaCppOptions(kv_type="q4_0")
@@ -78,7 +63,7 @@ def test_refusals_before_anything_is_written(tmp_path):
     with pytest.raises(PrefixTuneError, match="'qwen2' model"):
         to_llamacpp(model, tmp_path / "qwen2.gguf", tmp_path / "a.ggsq")
     other = make_model("llama", seed=5)
-    _tiny_gguf(tmp_path / "other.gguf", "llama", other)
+    tiny_gguf(tmp_path / "other.gguf", "llama", other)
     with pytest.raises(PrefixTuneError, match="other weights"):
         to_llamacpp(model, tmp_path / "other.gguf", tmp_path / "a.ggsq")
     assert not (tmp_path / "a.ggsq").exists()

@@ -55,6 +55,10 @@ class LlamaCppOptions:
     kv_type: str = "f32"
     """The context's KV cache type (`-ctk/-ctv`, `type_k/type_v`): f32 (llama.cpp's own default is f16)
     or f16. Quantised caches (q8_0, q4_0, ...) are refused."""
+    streams: int = 1
+    """The context's KV streams: 1 with a unified cache (`-kvu`, one slot, or llama-server's automatic
+    slot count), N for N sequences without it (`-np N`, `n_seq_max=N` with `kv_unified` off). A restore
+    refuses another stream count."""
     token_id: int | None = None
     """The token id the P prefix cells are recorded as (default: the GGUF's unknown/pad token, else 0).
     A client sends these P ids before its prompt, so that llama.cpp reuses the restored cells."""
@@ -90,9 +94,8 @@ def to_llamacpp(
     pairs = cache_pairs(model, name)
     tokens = [_token_id(gguf, options)] * pairs[0][0].shape[1]
     keys = [gguf_key_layout(k, INTERLEAVED_ROPE[gguf.architecture]) for k, _ in pairs]
-    state = state_bytes(
-        list(zip(keys, [v for _, v in pairs], strict=True)), not options.flash_attn, options.kv_type
-    )
+    pairs = list(zip(keys, [v for _, v in pairs], strict=True))
+    state = state_bytes(pairs, not options.flash_attn, options.kv_type, streams=options.streams)
     path = write_ggsq(output, tokens, state)
     _write_sidecar(path, model, name, gguf, options, tokens)
     return path
@@ -107,15 +110,16 @@ def gguf_key_layout(keys: torch.Tensor, interleaved: bool) -> torch.Tensor:
     return halves.transpose(-1, -2).reshape(heads, length, dim)  # pairs (x_j, x_{j + D/2}) side by side
 
 
-def state_bytes(pairs: Pairs, v_trans: bool, kv_type: str, first_pos: int = 0) -> bytes:
-    """The sequence state of one stream holding P cells at positions first_pos.. for sequence 0.
+def state_bytes(pairs: Pairs, v_trans: bool, kv_type: str, streams: int = 1) -> bytes:
+    """The sequence state of P cells at positions 0..P-1, in the first of `streams` streams (llama.cpp
+    restores a sequence's cells into that sequence's own stream; the others are written empty).
 
     Args: pairs: per layer (key, value), each (H_kv, P, D), keys already in llama.cpp's layout.
     """
     type_id, dtype = KV_TYPES[kv_type]
     length = pairs[0][0].shape[1]
-    out = [struct.pack("<II", 1, length)]
-    out += [struct.pack("<iIi", first_pos + i, 1, 0) for i in range(length)]
+    out = [struct.pack("<II", streams, length)]
+    out += [struct.pack("<iIi", i, 1, 0) for i in range(length)]
     out.append(struct.pack("<II", int(v_trans), len(pairs)))
     rows = [(_cells(k, dtype), _cells(v, dtype)) for k, v in pairs]  # (P, H_kv * D) each
     for key, _ in rows:
@@ -125,6 +129,7 @@ def state_bytes(pairs: Pairs, v_trans: bool, kv_type: str, first_pos: int = 0) -
             out += [struct.pack("<iII", type_id, value.itemsize, value.shape[1]), value.T.copy().tobytes()]
         else:
             out += [struct.pack("<iQ", type_id, value.shape[1] * value.itemsize), value.tobytes()]
+    out += [struct.pack("<I", 0)] * (streams - 1)  # cell_count 0: nothing for the other streams
     return b"".join(out)
 
 
@@ -170,6 +175,7 @@ def _write_sidecar(path: Path, model: PrefixModel, name: str, gguf: GgufModel, o
         "flash_attn": options.flash_attn,
         "v_trans": int(not options.flash_attn),
         "kv_type": options.kv_type,
+        "streams": options.streams,
         "options": asdict(options),
         "how": "restore this state into a sequence, then send `tokens` followed by your prompt's tokens",
     }

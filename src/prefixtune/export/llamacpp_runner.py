@@ -32,7 +32,10 @@ class LlamaCppRunner:
         kv_type: str = "f32",
         threads: int = 2,
         sequences: int = 1,
+        unified: bool = True,
     ) -> None:
+        """Args: unified: one KV stream shared by the `sequences` (else one stream each: export the
+        state with `LlamaCppOptions(streams=sequences)`)."""
         try:
             import llama_cpp as lc
         except ImportError as err:
@@ -48,7 +51,7 @@ class LlamaCppRunner:
             raise PrefixTuneError(f"llama.cpp could not load {gguf}")
         cparams = lc.llama_context_default_params()
         cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_ctx, n_ctx
-        cparams.n_seq_max = sequences
+        cparams.n_seq_max, cparams.kv_unified = sequences, unified
         cparams.n_threads = cparams.n_threads_batch = threads
         cparams.flash_attn_type = (
             lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
