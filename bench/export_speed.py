@@ -3,7 +3,7 @@
 Every system continues the same 100 E2E dev prompts greedily (source + newline, as trained), stops at
 a newline or end of sequence (at most --max-new-tokens) and is scored with BLEU against all references.
 Speed is new tokens per second of wall time, prompt processing included (for llama.cpp, restoring the
-prefix state too), at batch 1 and at --batch rows.
+prefix state too), at each batch size of --batches.
 
     python bench/export_speed.py --prefix runs/e2e/prefix --out bench/results/export_speed.json
 """
@@ -131,13 +131,15 @@ def main() -> None:
     states = {label: to_llamacpp(model, gguf, work / f"{label}.ggsq") for label, gguf in ggufs.items()}
     plain, _ = load_base(args.model)  # a base prefixtune never touched: no prefixtune at inference
     per_batch = cache_builder(to_transformers(model, work / "cache.safetensors"), plain.config)
-    for batch in (1, args.batch):
+    for batch in args.batches:
         bench.run("prefixtune generate", batch, hf_generate, model)
         bench.run(
             "transformers + exported cache", batch, lambda *a: hf_generate(plain, *a, per_batch=per_batch)
         )
         for label, gguf in ggufs.items():
-            runner = LlamaCppRunner(gguf, n_ctx=args.batch * 256, threads=args.threads, sequences=args.batch)
+            runner = LlamaCppRunner(
+                gguf, n_ctx=max(args.batches) * 256, threads=args.threads, sequences=max(args.batches)
+            )
             try:
                 bench.run(f"llama.cpp {label} bare", batch, llamacpp_generate, runner, None)
                 bench.run(f"llama.cpp {label} + prefix", batch, llamacpp_generate, runner, states[label])
@@ -148,6 +150,7 @@ def main() -> None:
 
 def write_report(bench: Bench, args) -> None:
     reference = {b: t for (n, b), t in bench.texts.items() if n == "prefixtune generate"}
+    reference = {b: reference.get(b, reference.get(1)) for b in args.batches}
     identical = {
         f"{name}, batch {batch}": sum(a == b for a, b in zip(texts, reference[batch], strict=True))
         for (name, batch), texts in bench.texts.items()
@@ -179,10 +182,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dev", default=str(E2E_DEV), help="E2E devset.csv")
     parser.add_argument("--sources", type=int, default=100)
     parser.add_argument("--max-new-tokens", type=int, default=60)
-    parser.add_argument("--batch", type=int, default=8, help="the larger batch size measured besides 1")
+    parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes to measure")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "export_speed.json"))
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.batches = [int(b) for b in args.batches.split(",")]
+    return args
 
 
 if __name__ == "__main__":
