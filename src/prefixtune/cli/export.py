@@ -60,9 +60,9 @@ def run_export(args: argparse.Namespace) -> int:
     path = to_llamacpp(model, args.gguf, output, options=options)
     sidecar = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
     print(
-        f"llama.cpp state written to {path} ({sidecar['length']} cells, KV {options.kv_type}, flash attention "
-        f"{'on' if options.flash_attn else 'off'}); send the token ids in {path.with_suffix('.json').name} "
-        "before each prompt"
+        f"llama.cpp state written to {path} ({sidecar['length']} cells, KV {options.kv_type}, "
+        f"flash attention {'on' if options.flash_attn else 'off'}); send the token ids in "
+        f"{path.with_suffix('.json').name} before each prompt"
     )
     return 0
 
