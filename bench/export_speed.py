@@ -71,6 +71,43 @@ def llamacpp_generate(runner, state, prompts, stops, new: int, batch: int):
     return outputs, count
 
 
+def forced_decode(runner, state, prompts, streams) -> tuple[int, float]:
+    """Decode each prompt then its given token stream one token per step (teacher forcing), with the
+    state restored or bare: the same tokens either way. Returns (tokens, seconds)."""
+    count, started = 0, time.perf_counter()
+    for prompt, stream in zip(prompts, streams, strict=True):
+        runner.clear()
+        start = len(runner.restore(state)) if state else 0
+        runner.decode([prompt], [start])
+        for i, token in enumerate(stream):
+            runner.decode([[token]], [start + len(prompt) + i])
+        count += len(stream)
+    return count, time.perf_counter() - started
+
+
+def same_tokens(bench, gguf: Path, state: Path, rounds: int) -> dict:
+    """llama.cpp bare against llama.cpp with the prefix on identical token streams (the prefix's own
+    greedy outputs), alternating, batch 1: the prefix's cost is only its P extra cells per step."""
+    streams = [
+        bench.tokenizer(t, add_special_tokens=False)["input_ids"]
+        for t in bench.texts["llama.cpp Q4_1 + prefix", 1]
+    ]
+    runner = LlamaCppRunner(gguf, threads=bench.args.threads)
+    totals = {"bare": [0, 0.0], "prefix": [0, 0.0]}
+    try:
+        for _ in range(rounds):
+            for name, with_state in (("bare", None), ("prefix", state), ("prefix", state), ("bare", None)):
+                count, seconds = forced_decode(runner, with_state, bench.prompts, streams)
+                totals[name][0] += count
+                totals[name][1] += seconds
+    finally:
+        runner.close()
+    speed = {name: round(c / s, 1) for name, (c, s) in totals.items()}
+    speed["prefix / bare"] = round(speed["prefix"] / speed["bare"], 3)
+    print(f"same tokens, llama.cpp Q4_1, batch 1: {speed}", flush=True)
+    return speed
+
+
 class Bench:
     """The prompts, references and the results table shared by every system."""
 
@@ -132,10 +169,11 @@ def main() -> None:
     plain, _ = load_base(args.model)  # a base prefixtune never touched: no prefixtune at inference
     per_batch = cache_builder(to_transformers(model, work / "cache.safetensors"), plain.config)
     for batch in args.batches:
-        bench.run("prefixtune generate", batch, hf_generate, model)
-        bench.run(
-            "transformers + exported cache", batch, lambda *a: hf_generate(plain, *a, per_batch=per_batch)
-        )
+        if not args.llamacpp_only:
+            bench.run("prefixtune generate", batch, hf_generate, model)
+            bench.run(
+                "transformers + exported cache", batch, lambda *a: hf_generate(plain, *a, per_batch=per_batch)
+            )
         for label, gguf in ggufs.items():
             runner = LlamaCppRunner(
                 gguf, n_ctx=max(args.batches) * 256, threads=args.threads, sequences=max(args.batches)
@@ -145,11 +183,14 @@ def main() -> None:
                 bench.run(f"llama.cpp {label} + prefix", batch, llamacpp_generate, runner, states[label])
             finally:
                 runner.close()
+    bench.same_tokens = same_tokens(bench, ggufs["Q4_1"], states["Q4_1"], args.rounds)
     write_report(bench, args)
 
 
 def write_report(bench: Bench, args) -> None:
     reference = {b: t for (n, b), t in bench.texts.items() if n == "prefixtune generate"}
+    if not reference:  # --llamacpp-only: compare with llama.cpp F32 + prefix instead
+        reference = {b: t for (n, b), t in bench.texts.items() if n == "llama.cpp F32 + prefix"}
     reference = {b: reference.get(b, reference.get(1)) for b in args.batches}
     identical = {
         f"{name}, batch {batch}": sum(a == b for a, b in zip(texts, reference[batch], strict=True))
@@ -167,6 +208,7 @@ def write_report(bench: Bench, args) -> None:
         "max_new_tokens": args.max_new_tokens,
         "llama.cpp": "llama-cpp-python 0.3.36, F32 KV cache, flash attention off",
         "results": bench.results,
+        "same_tokens_llamacpp_q4_1_batch1_tokens_per_s": bench.same_tokens,
         "texts_identical_to_prefixtune": identical,
         "samples": {n: t[:3] for (n, b), t in bench.texts.items() if b == 1},
     }
@@ -184,6 +226,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=60)
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes to measure")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--llamacpp-only", action="store_true", help="skip the PyTorch systems (slow on CPU)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of the same-token timing")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "export_speed.json"))
     args = parser.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
