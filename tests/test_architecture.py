@@ -31,7 +31,8 @@ LAYERS: dict[str, set[str]] = {
     "interop": {"engine", "errors"},
     "serve": {"engine", "errors", "api", "train"},
     "sweep": {"engine", "errors", "loading", "train"},
-    "cli": {"engine", "errors", "data", "loading", "train", "api", "interop", "serve", "sweep"},
+    "export": {"engine", "errors"},
+    "cli": {"engine", "errors", "data", "loading", "train", "api", "interop", "serve", "sweep", "export"},
     "__main__": {"cli"},
     "prefixtune": {"engine", "errors", "loading", "api"},
 }

@@ -1,4 +1,4 @@
-"""The `prefixtune` command: train, evaluate, generate, classify, fold, info, demo, sweep and serve.
+"""The `prefixtune` command: train, evaluate, generate, classify, fold, info, demo, sweep, serve, export.
 
 Each command is a plain function taking parsed options; `main` maps names to them. A user's mistake
 (a `PrefixTuneError`) prints one line naming the problem and exits 2, without a traceback.
@@ -16,14 +16,14 @@ EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from prefixtune.cli import classify, commands, demo, interop, serve, sweep
+    from prefixtune.cli import classify, commands, demo, export, interop, serve, sweep
 
     parser = argparse.ArgumentParser(
         prog="prefixtune",
         description="Prefix-tuning (Li & Liang 2021) for Hugging Face models: train, evaluate, generate.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    groups = (commands, classify, demo, sweep, serve, interop)
+    groups = (commands, classify, demo, sweep, serve, interop, export)
     for name, (setup, run, summary) in {k: v for g in groups for k, v in g.COMMANDS.items()}.items():
         command = sub.add_parser(
             name, help=summary, description=summary, formatter_class=argparse.ArgumentDefaultsHelpFormatter
