@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from interrupts import StopAfter
 from safetensors.torch import load_file
 
 from prefixtune.cli import main
@@ -20,25 +21,6 @@ from prefixtune.train.report import read_log
 pytestmark = pytest.mark.slow
 
 LR = {"prefix": 1e-3, "finetune": 5e-5, "lora": 2e-4}
-
-
-class _StopAfter:
-    """A first Ctrl-C after `steps` steps."""
-
-    def __init__(self, steps: int) -> None:
-        self.left, self._requested = steps, False
-
-    @property
-    def requested(self) -> bool:
-        self.left -= 1
-        return self._requested or self.left < 0
-
-    @requested.setter
-    def requested(self, value: bool) -> None:
-        self._requested = value
-
-    def restore(self) -> None:
-        pass
 
 
 def test_each_method_trains_resumes_and_evaluates_on_smollm2(tmp_path, monkeypatch, capsys):
@@ -60,7 +42,7 @@ def test_each_method_trains_resumes_and_evaluates_on_smollm2(tmp_path, monkeypat
             lr=LR[method],
         )
         with monkeypatch.context() as patch:
-            patch.setattr(loop_module, "_Interrupt", lambda: _StopAfter(2))
+            patch.setattr(loop_module, "_Interrupt", lambda: StopAfter(2))
             stopped = train(config, model_and_tokenizer=base, progress=False)
         METHODS[method].release(stopped.model)
         assert stopped.interrupted and stopped.steps == 2

@@ -136,15 +136,7 @@ def test_a_train_that_cannot_start_creates_nothing_and_the_fixed_command_runs(
     workspace, tmp_path, capsys, option, message
 ):
     out = tmp_path / "out"
-    args = [
-        "train",
-        "--train",
-        str(workspace["train"]),
-        "--output",
-        str(out),
-        "--base",
-        str(workspace["base"]),
-    ]
+    args = _train_args(workspace, out)
     args += ["--steps", "2", "--init", "random", "--length", "2", "--mlp-hidden", "8", "--quiet"]
     assert main([*args, *option]) == 2
     err = capsys.readouterr().err
@@ -157,15 +149,7 @@ def test_a_second_train_into_a_folder_in_use_is_refused(workspace, tmp_path, cap
     from prefixtune.train.run_folder import RunLock
 
     out = tmp_path / "busy"
-    args = [
-        "train",
-        "--train",
-        str(workspace["train"]),
-        "--output",
-        str(out),
-        "--base",
-        str(workspace["base"]),
-    ]
+    args = _train_args(workspace, out)
     with RunLock(out, "train"):  # as a `prefixtune train` still running there holds it
         assert main([*args, "--steps", "2", "--quiet"]) == 2
     err = capsys.readouterr().err
@@ -372,3 +356,16 @@ def test_demo_trains_scores_and_shows_generations(tmp_path, capsys):
     assert "E2E dev BLEU (3 inputs, greedy): base model " in out
     assert f"prefix saved to {output / 'prefix'}" in out
     assert (output / "prefix" / "prefix.safetensors").is_file() and (output / "curve.png").is_file()
+
+
+def _train_args(workspace, out) -> list[str]:
+    """`prefixtune train` on the workspace's data and tiny base, into `out`."""
+    return [
+        "train",
+        "--train",
+        str(workspace["train"]),
+        "--output",
+        str(out),
+        "--base",
+        str(workspace["base"]),
+    ]

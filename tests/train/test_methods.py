@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_model
+from interrupts import StopAfter
 from safetensors.torch import load_file
 from synthetic import word_tokenizer, write_task
 
@@ -95,33 +96,13 @@ def test_each_method_trains_keeps_its_result_and_logs_its_cost(tmp_path, method)
     assert set(base.state_dict()) == set(before)
 
 
-class _StopAfter:
-    """An `_Interrupt` that asks the run to stop after `steps` steps, as a first Ctrl-C does."""
-
-    def __init__(self, steps: int) -> None:
-        self.left = steps
-        self._requested = False
-
-    @property
-    def requested(self) -> bool:
-        self.left -= 1
-        return self._requested or self.left < 0
-
-    @requested.setter
-    def requested(self, value: bool) -> None:
-        self._requested = value
-
-    def restore(self) -> None:
-        pass
-
-
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_each_method_resumes_to_the_same_result(tmp_path, method, monkeypatch):
     straight = _config(tmp_path, method, output=str(tmp_path / "straight"))
     train(straight, model_and_tokenizer=(make_model("llama"), word_tokenizer()), progress=False)
     stopped = straight.replace(output=str(tmp_path / "stopped"))
     with monkeypatch.context() as patch:
-        patch.setattr(loop_module, "_Interrupt", lambda: _StopAfter(7))
+        patch.setattr(loop_module, "_Interrupt", lambda: StopAfter(7))
         first = train(stopped, model_and_tokenizer=(make_model("llama"), word_tokenizer()), progress=False)
     assert first.interrupted and first.steps == 7
     resumed = train(
