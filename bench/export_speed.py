@@ -94,16 +94,21 @@ def same_tokens(bench, gguf: Path, state: Path, rounds: int) -> dict:
     ]
     runner = LlamaCppRunner(gguf, threads=bench.args.threads)
     totals = {"bare": [0, 0.0], "prefix": [0, 0.0]}
+    ratios = []  # one per round: the spread says how far a single round's ratio can be trusted
     try:
         for _ in range(rounds):
+            seconds_of = {"bare": 0.0, "prefix": 0.0}
             for name, with_state in (("bare", None), ("prefix", state), ("prefix", state), ("bare", None)):
                 count, seconds = forced_decode(runner, with_state, bench.prompts, streams)
                 totals[name][0] += count
                 totals[name][1] += seconds
+                seconds_of[name] += seconds
+            ratios.append(round(seconds_of["bare"] / seconds_of["prefix"], 3))
     finally:
         runner.close()
-    speed = {name: round(c / s, 1) for name, (c, s) in totals.items()}
+    speed: dict = {name: round(c / s, 1) for name, (c, s) in totals.items()}
     speed["prefix / bare"] = round(speed["prefix"] / speed["bare"], 3)
+    speed["prefix / bare, each round"] = ratios
     print(f"same tokens, llama.cpp Q4_1, batch 1: {speed}", flush=True)
     return speed
 

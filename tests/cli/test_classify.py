@@ -82,6 +82,13 @@ def test_evaluate_reports_the_accuracy_training_saw(workspace, capsys):
     assert line.startswith(f"accuracy {100 * best:.2f}") and "24 examples" in line
 
 
+@pytest.mark.parametrize("option", [["--instruction", "Label it."], ["--categories", "City"]])
+def test_evaluate_refuses_text_options_for_a_classifier(workspace, capsys, option):
+    args = ["evaluate", "--prefix", str(workspace["prefix"]), "--base", str(workspace["base"])]
+    assert main([*args, "--data", str(workspace["dev"]), *option]) == 2
+    assert f"{option[0]}: for generated text; a classifier is scored on labels" in capsys.readouterr().err
+
+
 def test_classify_labels_new_sentences(workspace, capsys, tmp_path):
     texts = ["w12 w33 w40", "w51 w31", "w10", "w52 w45 w46"]
     (tmp_path / "in.txt").write_text("\n".join(texts[2:]) + "\n")

@@ -125,9 +125,9 @@ def test_webnlg_linearisation_and_good_lexicalisations_only(tmp_path):
     path = write(tmp_path, "webnlg.json", json.dumps(webnlg_document()))
     pair = 'Aarhus_Airport : cityServed : "Aarhus, Denmark" | Aarhus_Airport : elevation : 25.0'
     assert read_webnlg_json(path) == [
-        Example("Aarhus : leaderName : Jacob_Bundsgaard", "Aarhus is led by J. B."),
-        Example(pair, "First."),
-        Example(pair, "Second."),
+        Example("Aarhus : leaderName : Jacob_Bundsgaard", "Aarhus is led by J. B.", "Airport"),
+        Example(pair, "First.", "Airport"),
+        Example(pair, "Second.", "Airport"),
     ]
     assert read_dataset(path) == read_webnlg_json(path)  # .json sniffed as WebNLG
 
@@ -255,8 +255,13 @@ def test_real_datasets_have_the_published_sizes():
     webnlg_dev = read_dataset(SHARED / "webnlg2017/dev.json")
     assert len(webnlg_dev) == 2258
     assert webnlg_dev[0] == Example(
-        "Aarhus : leaderName : Jacob_Bundsgaard", "The leader of Aarhus is Jacob Bundsgaard."
+        "Aarhus : leaderName : Jacob_Bundsgaard", "The leader of Aarhus is Jacob Bundsgaard.", "Airport"
     )
+    # the same ten categories in both (the unseen ones are only in the test set)
+    assert {e.category for e in webnlg_dev} == {
+        e.category for e in read_dataset(SHARED / "webnlg2017/train.json")
+    }
+    assert len({e.category for e in webnlg_dev}) == 10
     e2e_dev = read_dataset(SHARED / "e2e/devset.csv")
     assert (len(e2e_dev), len(group_references(e2e_dev))) == (4672, 547)
     dart_dev = read_dataset(SHARED / "dart/dart-v1.1.1-full-dev.json")

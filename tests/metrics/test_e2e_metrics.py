@@ -179,6 +179,19 @@ def test_all_five_on_the_bundled_dev_sample():
     assert 55 < scores["ROUGE_L"] < 80 and 1 < scores["CIDEr"] < 3.5
 
 
+def test_ter_counts_a_shift_as_one_edit():
+    # "a" moved to the front is one shift; without shifts it would be a deletion and an insertion
+    assert e2e_scores(["b c a"], [["a b c"]], metrics=["TER"])["TER"] == pytest.approx(100 / 3)
+    assert e2e_scores(["The Cat"], [["the cat"]], metrics=["ter"]) == {"TER": 0.0}  # case-insensitive
+
+
+def test_ter_takes_the_closest_reference_over_the_mean_reference_length():
+    hyps = ["the cat sat on mat", "a b c"]
+    # edits: 1 (insert "the") and 1 (insert "d", against the closer reference); lengths: 6 and (1 + 4) / 2
+    refs = [["the cat sat on the mat"], ["x", "a b c d"]]
+    assert e2e_scores(hyps, refs, metrics=["TER"])["TER"] == pytest.approx(100 * 2 / 8.5)
+
+
 def test_metrics_argument_order_case_and_plain_string_references():
     scores = e2e_scores(["a b c d", "e f g h"], ["a b c d", "e f g h"], metrics=["cider", "BLEU"])
     assert list(scores) == ["CIDEr", "BLEU"]

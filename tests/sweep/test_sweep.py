@@ -131,6 +131,23 @@ def test_running_again_keeps_finished_runs_and_resumes_the_rest(sweep_run, capsy
     assert kept.read_text() == before
 
 
+def test_a_sweep_begun_before_a_setting_existed_still_continues(sweep_run, capsys):
+    folder, argv = sweep_run
+    plan = folder / "sweep.json"
+    original = plan.read_text()
+    stored = json.loads(original)
+    del stored["fixed"]["exclude_categories"]  # as a plan written before the option was added
+    plan.write_text(json.dumps(stored))
+    try:
+        assert main(argv) == 0
+        assert capsys.readouterr().out.count("finished earlier, kept") == 4
+        # the same sweep with the new setting away from its default is another sweep
+        assert main([*argv, "--exclude-categories", "City"]) == 2
+        assert "holds a sweep with other settings" in capsys.readouterr().err
+    finally:
+        plan.write_text(original)
+
+
 def test_another_sweep_into_the_same_folder_is_refused(sweep_run, capsys):
     folder, argv = sweep_run
     other = [a if a != "length=2,4" else "length=2,8" for a in argv]

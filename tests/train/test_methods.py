@@ -15,7 +15,7 @@ from synthetic import word_tokenizer, write_task
 from prefixtune.errors import PrefixTuneError
 from prefixtune.train import TrainConfig, train
 from prefixtune.train import loop as loop_module
-from prefixtune.train.config import METHOD_NAMES
+from prefixtune.train.config import DEFAULT_LR, METHOD_NAMES
 from prefixtune.train.methods import METHODS, stored_size
 from prefixtune.train.report import read_log
 
@@ -64,6 +64,25 @@ def test_the_methods_are_the_configs_choices():
         TrainConfig(train="t.csv", method="adapter")
     with pytest.raises(PrefixTuneError, match="--lora-rank must be at least 1"):
         TrainConfig(train="t.csv", method="lora", lora_rank=0)
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_each_method_has_its_own_default_learning_rate(method):
+    config = TrainConfig(train="t.csv", method=method)
+    assert config.lr is None and config.learning_rate == DEFAULT_LR[method]
+    assert config.replace(lr=0.5).learning_rate == 0.5
+    # a sweep's fixed settings take the method from the grid: the default follows it
+    assert TrainConfig(train="t.csv").replace(method=method).learning_rate == DEFAULT_LR[method]
+    assert DEFAULT_LR["finetune"] < DEFAULT_LR["lora"] < DEFAULT_LR["prefix"]
+    with pytest.raises(PrefixTuneError, match="--lr must be a positive number"):
+        TrainConfig(train="t.csv", method=method, lr=0.0)
+
+
+def test_the_default_rate_is_the_one_the_optimizer_uses(tmp_path):
+    config = _config(tmp_path, "finetune", lr=None, steps=4, warmup_steps=1)
+    train(config, model_and_tokenizer=(make_model("llama"), word_tokenizer()), progress=False)
+    rates = [r["lr"] for r in read_log(tmp_path / "finetune") if r["kind"] == "train"]
+    assert max(rates) == pytest.approx(DEFAULT_LR["finetune"])
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)

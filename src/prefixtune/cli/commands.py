@@ -14,9 +14,12 @@ from prefixtune.cli.options import (
     dataclass_from_args,
     load_prefix_checked,
 )
+from prefixtune.cli.prompting import add_prompt_options, prompt_context
 from prefixtune.errors import PrefixTuneError
 from prefixtune.train.config import TrainConfig
 
+TEXT_ONLY_OPTIONS = ("categories", "exclude_categories", "instruction", "shots", "shots_from")
+"""`evaluate` options that select or prompt generated text, which a classifier's evaluation refuses."""
 GENERATION_OPTIONS = ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_p", "batch_size")
 
 
@@ -63,12 +66,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 # -- evaluate and generate ---------------------------------------------------------------------------
-def _add_model_options(parser: argparse.ArgumentParser, needs_prefix: bool = True) -> None:
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prefix",
         help="what `prefixtune train` kept: a prefix folder, or with --method finetune the model folder "
         "(OUTPUT/model, no --base needed), with --method lora the adapter folder (OUTPUT/adapter)",
-        required=needs_prefix,
     )
     parser.add_argument(
         "--base",
@@ -76,6 +78,11 @@ def _add_model_options(parser: argparse.ArgumentParser, needs_prefix: bool = Tru
     )
     parser.add_argument("--no-prefix", action="store_true", help="run the bare base model, for comparison")
     add_check_weights_option(parser)
+
+
+def _require_a_model(args: argparse.Namespace, verb: str) -> None:
+    if not args.prefix and not args.no_prefix:
+        raise PrefixTuneError(f"pass --prefix PATH, or --no-prefix to {verb} the bare base model")
 
 
 def _add_generation_options(parser: argparse.ArgumentParser, beams: int) -> None:
@@ -110,7 +117,7 @@ def _load_model(args: argparse.Namespace):
 
 
 def setup_evaluate(parser: argparse.ArgumentParser) -> None:
-    _add_model_options(parser, needs_prefix=False)
+    _add_model_options(parser)
     parser.add_argument(
         "--data", required=True, help="evaluation data (E2E CSV, WebNLG/DART JSON, CSV/JSONL)"
     )
@@ -126,21 +133,33 @@ def setup_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics",
         default="BLEU,NIST,METEOR,ROUGE_L,CIDEr",
-        help="comma-separated metrics (METEOR needs Java)",
+        help="comma-separated metrics: the E2E five, and TER (lower is better) as WebNLG reports it; "
+        "METEOR needs Java",
+    )
+    parser.add_argument(
+        "--categories",
+        help="score only these categories of WebNLG data, comma-separated (e.g. City,Monument)",
+    )
+    parser.add_argument(
+        "--exclude-categories",
+        help="score all but these WebNLG categories: with the categories a run held out, its trained ones",
     )
     parser.add_argument("--max-sources", type=int, default=0, help="score only the first N distinct sources")
     parser.add_argument("--output", help="write scores and generations to this JSON file")
     _add_generation_options(parser, beams=5)
+    add_prompt_options(parser)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from prefixtune.data import read_dataset
+    from prefixtune.data import read_dataset, select_categories
     from prefixtune.train import evaluate_prefix
 
     if classify.is_classifier(args.prefix):  # the folder holds a head: report accuracy
+        given = [f"--{name.replace('_', '-')}" for name in TEXT_ONLY_OPTIONS if getattr(args, name)]
+        if given:
+            raise PrefixTuneError(f"{', '.join(given)}: for generated text; a classifier is scored on labels")
         return classify.run_evaluate_classifier(args)
-    if not args.prefix and not args.no_prefix:
-        raise PrefixTuneError("pass --prefix PATH, or --no-prefix to evaluate the bare base model")
+    _require_a_model(args, "evaluate")
     if args.output and Path(args.output).exists():
         raise PrefixTuneError(f"--output {args.output} exists; choose a new file")
     source, target = args.source_column or "source", args.target_column or "target"
@@ -151,9 +170,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         target_column=target,
         column_options=EVALUATE_COLUMNS,
     )
+    examples = select_categories(examples, args.data, keep=args.categories, drop=args.exclude_categories)
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    context = prompt_context(args)
     model, tokenizer, mode = _load_model(args)
-    generation = {k: getattr(args, k) for k in GENERATION_OPTIONS}
+    generation = {k: getattr(args, k) for k in GENERATION_OPTIONS} | {"context": context}
     scores, rows = evaluate_prefix(
         model, tokenizer, examples, metrics=metrics, max_sources=args.max_sources, **generation, **mode
     )
@@ -173,6 +194,7 @@ def setup_generate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sources", nargs="*", help="source texts, e.g. an E2E meaning representation")
     parser.add_argument("--input", help="a text file with one source per line (instead of SOURCES)")
     _add_generation_options(parser, beams=5)
+    add_prompt_options(parser)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -184,8 +206,10 @@ def run_generate(args: argparse.Namespace) -> int:
         sources += [line.strip() for line in read_text(Path(args.input)).splitlines() if line.strip()]
     if not sources:
         raise PrefixTuneError("nothing to generate from: give source texts or --input FILE")
+    _require_a_model(args, "generate with")
+    context = prompt_context(args)
     model, tokenizer, mode = _load_model(args)
-    generation = {k: getattr(args, k) for k in GENERATION_OPTIONS}
+    generation = {k: getattr(args, k) for k in GENERATION_OPTIONS} | {"context": context}
     for output in generate_texts(model, tokenizer, sources, **generation, **mode):
         print(output)
     return 0

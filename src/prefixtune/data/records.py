@@ -11,6 +11,9 @@ class Example:
 
     source: str
     target: str
+    category: str | None = None
+    """The topic the data set files the input under (WebNLG's `category`, e.g. "Airport"); None when
+    the format has none."""
 
 
 def group_references(examples: list[Example]) -> list[tuple[str, list[str]]]:

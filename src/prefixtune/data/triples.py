@@ -59,13 +59,14 @@ def webnlg_examples(data: Any, path: str | Path) -> list[Example]:
             lexicalisations = entry["lexicalisations"]
             texts = [lex["lex"] for lex in lexicalisations if lex.get("comment", "good") == "good"]
             source = linearise_triples(triples)
+            category = entry.get("category")
         except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise PrefixTuneError(
                 f"{path}: entry {number} is not a WebNLG entry (problem: {err!r}). Each entry must be "
                 '{"<n>": {"modifiedtripleset": [{"subject", "property", "object"}], '
                 '"lexicalisations": [{"lex"}]}}.'
             ) from None
-        examples.extend(Example(source, text) for text in texts)
+        examples.extend(Example(source, text, category) for text in texts)
     return require_examples(examples, path, "no entry with a good lexicalisation")
 
 

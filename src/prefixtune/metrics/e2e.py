@@ -6,10 +6,13 @@ from collections.abc import Iterable, Sequence
 
 from prefixtune.errors import PrefixTuneError
 from prefixtune.metrics import coco, mteval
+from prefixtune.metrics._deps import require
 from prefixtune.metrics.ptb import ptb_tokenize
 
 E2E_METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
-_BY_LOWER = {name.lower(): name for name in E2E_METRICS}
+METRICS = (*E2E_METRICS, "TER")
+"""What `e2e_scores` can compute: the E2E challenge's five, and TER, which WebNLG reports."""
+_BY_LOWER = {name.lower(): name for name in METRICS}
 
 
 def e2e_scores(
@@ -21,13 +24,15 @@ def e2e_scores(
 
     `hypotheses[i]` is the output for one input and `references[i]` the list of all references for that
     input (a plain string counts as a single reference; `prefixtune.data.group_references` builds these).
-    `metrics` chooses which of "BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr" to compute (any case);
-    METEOR needs Java, so leave it out where there is none.
+    `metrics` chooses which of "BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr" and "TER" to compute (any
+    case); METEOR needs Java, so leave it out where there is none.
 
     Returns {name: score} in the order asked, on the scale papers report: BLEU, METEOR and ROUGE_L as
     percentages (0-100), NIST and CIDEr raw (E2E: GPT-2 prefix-tuning about 8.8 NIST and 2.5 CIDEr).
     BLEU and NIST are case-insensitive (mteval-v13a tokenization); METEOR, ROUGE_L and CIDEr use the
     COCO code's lowercased PTB tokenization without punctuation (see `prefixtune.metrics.ptb`).
+    TER (translation edit rate, lower is better, as a percentage) is sacrebleu's reimplementation of
+    tercom, case-insensitive, against the closest reference of each input: WebNLG's third metric.
     """
     names = _metric_names(metrics)
     hyps, refs = _check_inputs(hypotheses, references)
@@ -39,6 +44,8 @@ def e2e_scores(
         scores["BLEU"] = 100.0 * mteval.mteval_bleu(hyps, refs)
     if "NIST" in names:
         scores["NIST"] = mteval.mteval_nist(hyps, refs)
+    if "TER" in names:
+        scores["TER"] = ter(hyps, refs)
     if {"METEOR", "ROUGE_L", "CIDEr"} & set(names):
         hyp_tokens = [ptb_tokenize(h) for h in hyps]
         ref_tokens = [[ptb_tokenize(r) for r in group] for group in refs]
@@ -57,6 +64,15 @@ def bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str] | str]) -
     return 100.0 * mteval.mteval_bleu(hyps, refs)
 
 
+def ter(hypotheses: list[str], references: list[list[str]]) -> float:
+    """Corpus TER (0-100+): all inputs' edits over their references' mean lengths, summed."""
+    ter_module = require("sacrebleu.metrics.ter", "sacrebleu", "TER")
+    width = max(len(group) for group in references)
+    # sacrebleu takes one stream per reference position; None pads an input with fewer references
+    streams = [[group[i] if i < len(group) else None for group in references] for i in range(width)]
+    return float(ter_module.TER().corpus_score(hypotheses, streams).score)
+
+
 def _metric_names(metrics: Iterable[str]) -> list[str]:
     if isinstance(metrics, str):
         metrics = [metrics]
@@ -64,13 +80,11 @@ def _metric_names(metrics: Iterable[str]) -> list[str]:
     for metric in metrics:
         name = _BY_LOWER.get(str(metric).lower())
         if name is None:
-            raise PrefixTuneError(f"unknown metric {metric!r}. Choose from: {', '.join(E2E_METRICS)}.")
+            raise PrefixTuneError(f"unknown metric {metric!r}. Choose from: {', '.join(METRICS)}.")
         if name not in names:
             names.append(name)
     if not names:
-        raise PrefixTuneError(
-            f"no metric asked for. Pass metrics= a list drawn from: {', '.join(E2E_METRICS)}."
-        )
+        raise PrefixTuneError(f"no metric asked for. Pass metrics= a list drawn from: {', '.join(METRICS)}.")
     return names
 
 

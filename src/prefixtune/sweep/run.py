@@ -16,6 +16,8 @@ from typing import Any
 
 from prefixtune.errors import PrefixTuneError
 from prefixtune.sweep.grid import Point
+from prefixtune.train import flat
+from prefixtune.train.config import TrainConfig
 from prefixtune.train.generation import train
 from prefixtune.train.methods import METHODS
 from prefixtune.train.report import read_log
@@ -121,6 +123,12 @@ def check_folder(folder: Path, axes: dict[str, list], fixed: dict[str, Any]) -> 
     wanted = {"axes": axes, "fixed": fixed}
     if plan.is_file():
         stored = json.loads(plan.read_text(encoding="utf-8"))
+        # a setting added to prefixtune after the sweep began is missing from its plan: at its default,
+        # it changes nothing the runs compute, so the sweep still continues
+        stored["fixed"] = {
+            **_new_settings_at_default(stored.get("fixed", {}), fixed),
+            **stored.get("fixed", {}),
+        }
         if stored != json.loads(json.dumps(wanted)):
             raise PrefixTuneError(
                 f"{folder} holds a sweep with other settings; run that one again or choose a new --output"
@@ -128,6 +136,16 @@ def check_folder(folder: Path, axes: dict[str, list], fixed: dict[str, Any]) -> 
         return
     if folder.exists() and (not folder.is_dir() or any(p.name != LOCK_FILE for p in folder.iterdir())):
         raise PrefixTuneError(f"--output {folder} holds other files; choose a new or empty folder")
+
+
+def _new_settings_at_default(stored: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
+    """The settings `wanted` has, `stored` lacks, and that are at their default in `wanted`."""
+    defaults = flat.defaults(TrainConfig)
+    return {
+        name: value
+        for name, value in wanted.items()
+        if name not in stored and name in defaults and value == defaults[name]
+    }
 
 
 def open_sweep(folder: Path, axes: dict[str, list], fixed: dict[str, Any]) -> RunLock:

@@ -102,6 +102,11 @@ class ClassifyConfig:
         """A classifier run never stops early (the loop's `Settings`)."""
         return 0
 
+    @property
+    def learning_rate(self) -> float:
+        """`lr` (the loop's `Settings`; a classifier's rate does not depend on a method)."""
+        return self.lr
+
     def prefix_config(self) -> PrefixConfig:
         """The prefix the run trains: `prefix`, seeded with the run's seed."""
         return flat.run_prefix(self)

@@ -56,8 +56,8 @@ class TrainConfig:
     base: str = "smollm2-135m"
     """Base model: a Hugging Face folder, a .gguf file, or the alias smollm2-135m."""
     method: str = "prefix"
-    """What trains: prefix (prefix-tuning), finetune (every weight of the base; it wants a far lower --lr,
-    e.g. 5e-5) or lora (PEFT's LoRA; e.g. --lr 2e-4). The prefix options apply to prefix only."""
+    """What trains: prefix (prefix-tuning), finetune (every weight of the base) or lora (PEFT's LoRA).
+    Each has its own default --lr. The prefix options apply to prefix only."""
     lora_rank: int = 8
     """Rank of the LoRA matrices (--method lora)."""
     lora_targets: str | None = None
@@ -69,6 +69,12 @@ class TrainConfig:
     """Source column for your own CSV/TSV/JSONL."""
     target_column: str = "target"
     """Target column for your own CSV/TSV/JSONL."""
+    categories: str | None = None
+    """Train (and evaluate during training) on only these categories of WebNLG data, comma-separated,
+    e.g. Airport,Food; default: all."""
+    exclude_categories: str | None = None
+    """Leave these WebNLG categories out of the training and dev data, comma-separated, e.g.
+    City,Monument,University: topics never trained on, to score later with `evaluate --categories`."""
     prefix: PrefixConfig = field(default_factory=_generation_prefix)
     """The prefix: 10 vectors in every attention layer through the MLP, started from the words
     "table-to-text:"; its settings are options of their own (`PREFIX_OPTIONS`, `PREFIX_HELP`)."""
@@ -78,9 +84,10 @@ class TrainConfig:
     """Examples per micro-batch."""
     grad_accum: int = 1
     """Micro-batches per optimizer step."""
-    lr: float = 1e-3
-    """Peak learning rate of AdamW. (On SmolLM2-135M with the MLP, 5e-3 diverged within 100 steps for
-    text-initialised prefixes and for PEFT's; 1e-3 trains both smoothly: docs/BENCHMARKS.md.)"""
+    lr: float | None = None
+    """Peak learning rate of AdamW; default: the method's, 1e-3 for prefix, 5e-5 for finetune, 2e-4 for
+    lora. (On SmolLM2-135M with the MLP, 5e-3 diverged within 100 steps for text-initialised prefixes
+    and for PEFT's; 1e-3 trains both smoothly: docs/BENCHMARKS.md.)"""
     warmup_steps: int = 20
     """Linear warmup steps; then linear decay to zero at --steps."""
     weight_decay: float = 0.0
@@ -115,8 +122,13 @@ class TrainConfig:
                 raise PrefixTuneError(
                     f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
                 )
-        check_numbers(self)
         check_method(self)
+        check_numbers(self)
+
+    @property
+    def learning_rate(self) -> float:
+        """`lr`, or the method's default (`DEFAULT_LR`) when it is None."""
+        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
 
     def prefix_config(self) -> PrefixConfig:
         """The prefix the run trains: `prefix`, seeded with the run's seed (`flat.run_prefix`)."""
@@ -144,7 +156,7 @@ class TrainConfig:
 def check_numbers(config: Any) -> None:
     """`--lr` a positive number; `--weight-decay` and `--max-grad-norm` numbers from 0 (nan and inf would
     only show up as a run of nan losses, or as a folder left behind by a run that could not start)."""
-    lr = config.lr
+    lr = getattr(config, "learning_rate", config.lr)  # a TrainConfig's None: its method's default
     if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
         raise PrefixTuneError(f"--lr must be a positive number, got {lr}")
     for name in ("weight_decay", "max_grad_norm"):
@@ -155,6 +167,11 @@ def check_numbers(config: Any) -> None:
 
 METHOD_NAMES = ("prefix", "finetune", "lora")
 """The keys of `train.methods.METHODS`."""
+
+DEFAULT_LR = {"prefix": 1e-3, "finetune": 5e-5, "lora": 2e-4}
+"""Each method's learning rate when --lr is not given. Fine-tuning moves every weight of the model, so
+it wants a rate 20 times lower than the prefix's; 2e-4 is the usual LoRA rate (QLoRA's, PEFT's
+examples')."""
 
 
 def check_method(config: TrainConfig) -> None:

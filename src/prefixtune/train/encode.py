@@ -30,12 +30,19 @@ def prompt_text(source: str) -> str:
     return source.strip() + SEPARATOR
 
 
-def prompt_ids(tokenizer, source: str, max_source_tokens: int) -> list[int]:
-    """The prompt's token ids; a too-long source is cut, keeping the separator."""
-    ids = tokenizer(prompt_text(source), add_special_tokens=True)["input_ids"]
-    if len(ids) > max_source_tokens:
+def prompt_ids(tokenizer, source: str, max_source_tokens: int, context: str = "") -> list[int]:
+    """The prompt's token ids; a too-long source is cut, keeping the separator.
+
+    `context` is text written before the source (an instruction, worked examples: `train.prompting`);
+    it does not count against `max_source_tokens`, which stays the source's own budget.
+    """
+    ids = tokenizer(context + prompt_text(source), add_special_tokens=True)["input_ids"]
+    budget = max_source_tokens + (
+        len(tokenizer(context, add_special_tokens=False)["input_ids"]) if context else 0
+    )
+    if len(ids) > budget:
         sep = tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"]
-        ids = ids[: max_source_tokens - len(sep)] + sep
+        ids = ids[: budget - len(sep)] + sep
     return list(ids)
 
 
@@ -83,9 +90,11 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def left_padded_prompts(tokenizer, sources: list[str], max_source_tokens: int) -> dict[str, torch.Tensor]:
+def left_padded_prompts(
+    tokenizer, sources: list[str], max_source_tokens: int, context: str = ""
+) -> dict[str, torch.Tensor]:
     """Prompts for generation, left-padded so that every row's continuation starts at the same column."""
-    rows = [prompt_ids(tokenizer, s, max_source_tokens) for s in sources]
+    rows = [prompt_ids(tokenizer, s, max_source_tokens, context) for s in sources]
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids = torch.full((len(rows), width), pad, dtype=torch.long)

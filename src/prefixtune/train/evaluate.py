@@ -27,6 +27,7 @@ def generate_texts(
     temperature: float = 1.0,
     top_p: float = 1.0,
     max_source_tokens: int = 128,
+    context: str = "",
 ) -> list[str]:
     """Continue each source's prompt; returns the text up to the first newline or end of sequence.
 
@@ -34,6 +35,8 @@ def generate_texts(
         model: a PrefixModel or a plain Hugging Face model.
         prefix: which prefix of a PrefixModel (default: its default prefix).
         bare: run a PrefixModel without any prefix (the frozen base model alone).
+        context: text before every source, e.g. a written instruction and worked examples
+            (`train.prompting.written_prompt`: discrete prompting, the paper's weakest baseline).
     """
     options: dict = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "do_sample": do_sample}
     if do_sample:
@@ -41,6 +44,7 @@ def generate_texts(
     if bare or prefix is not None:
         options["prefix"] = [None] if bare else prefix  # [None]: no prefix on any row (see options_for_rows)
     if is_seq2seq(model):  # the source goes to the encoder: see train/seq2seq.py
+        sources = [context + source for source in sources]
         return generate_pairs(model, tokenizer, sources, options, batch_size, max_source_tokens)
     was_training = model.training
     model.eval()
@@ -48,7 +52,7 @@ def generate_texts(
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))  # similar lengths: less padding
     for start in range(0, len(order), batch_size):
         chunk = [sources[i] for i in order[start : start + batch_size]]
-        inputs = left_padded_prompts(tokenizer, chunk, max_source_tokens)
+        inputs = left_padded_prompts(tokenizer, chunk, max_source_tokens, context)
         rows_options = options_for_rows(options, len(chunk))
         generated = model.generate(**inputs, **rows_options, pad_token_id=_pad_id(tokenizer))
         new_tokens = generated[:, inputs["input_ids"].shape[1] :]

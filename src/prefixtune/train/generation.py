@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from prefixtune.data import Example, read_dataset
+from prefixtune.data import Example, read_dataset, select_categories
 from prefixtune.errors import PrefixTuneError
 from prefixtune.train import distributed
 from prefixtune.train.checkpoint import CHECKPOINT, remove_stale_temporaries
@@ -173,12 +173,15 @@ def load_data(config: TrainConfig) -> tuple[list[Example], list[Example]]:
         "target_column": config.target_column,
         "column_options": ("--source-column", "--target-column"),  # TrainConfig's fields are the flags
     }
-    train_set = read_dataset(config.train, **columns)
+    topics = {"keep": config.categories, "drop": config.exclude_categories}
+    train_set = select_categories(read_dataset(config.train, **columns), config.train, **topics)
     if 0 < config.max_train_examples < len(train_set):
         # A low-data run trains on a random subsample drawn with the run's seed, as Li & Liang's
         # low-data experiments do: several seeds then also spread over which examples were seen.
         train_set = random.Random(config.seed).sample(train_set, config.max_train_examples)
-    dev_set = read_dataset(config.dev, **columns) if config.dev else []
+    dev_set = (
+        select_categories(read_dataset(config.dev, **columns), config.dev, **topics) if config.dev else []
+    )
     return train_set, dev_set
 
 

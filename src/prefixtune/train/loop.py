@@ -72,13 +72,15 @@ class Settings(Protocol):
 
     steps: int
     grad_accum: int
-    lr: float
     warmup_steps: int
     weight_decay: float
     max_grad_norm: float
     eval_every: int
     patience: int
     seed: int
+
+    @property
+    def learning_rate(self) -> float: ...
 
     def to_dict(self) -> dict[str, Any]: ...
 
@@ -103,7 +105,7 @@ def run(
         continuing: from the folder's checkpoint (a task with checkpoints only).
     """
     params = task.method.parameters(model)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _warmup_then_decay(config.warmup_steps, config.steps)
     )

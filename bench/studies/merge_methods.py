@@ -1,0 +1,57 @@
+"""Join sweeps that trained different methods into one table and one set of plots, by `method`.
+
+A study may compare runs of several sweeps: the low-data study sets the fine-tuning runs beside the
+initialisation study's prefix runs of the same settings (same examples per seed, steps, schedule and
+evaluation). Each row gets its `method` from its sweep (a grid axis or a fixed setting); `--only`
+keeps the rows with one value of a setting.
+
+    python bench/studies/merge_methods.py docs/studies/init-text docs/studies/lowdata-finetune \\
+        docs/studies/lowdata --only "init_text=table-to-text:" --axes method,max_train_examples,seed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from prefixtune.sweep import write_tables
+from prefixtune.sweep.plots import write_plots
+
+
+def rows_of(folder: Path, only: dict[str, str]) -> list[dict]:
+    missing = [n for n in ("sweep.json", "results.json") if not (folder / n).is_file()]
+    if missing:
+        raise SystemExit(f"{folder} is not a finished sweep (no {' or '.join(missing)}): run it first")
+    fixed = json.loads((folder / "sweep.json").read_text(encoding="utf-8"))["fixed"]
+    rows = []
+    for row in json.loads((folder / "results.json").read_text(encoding="utf-8"))["runs"]:
+        setting = {**fixed, **row}  # a sweep's axes are in its rows, its fixed settings in sweep.json
+        if all(str(setting.get(key)) == value for key, value in only.items()):
+            rows.append({**row, "method": setting.get("method", "prefix")})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweeps", nargs="+", type=Path, help="sweep folders, then the output folder")
+    parser.add_argument(
+        "--axes", required=True, help="the table's columns, e.g. method,max_train_examples,seed"
+    )
+    parser.add_argument("--only", action="append", default=[], help="KEY=VALUE: keep only these rows")
+    args = parser.parse_args()
+    *sweeps, out = args.sweeps
+    if not sweeps:
+        parser.error("give at least one sweep folder, then the output folder")
+    only = dict(spec.split("=", 1) for spec in args.only)
+    rows = [row for folder in sweeps for row in rows_of(folder, only)]
+    axes = args.axes.split(",")
+    out.mkdir(parents=True, exist_ok=True)
+    paths = list(write_tables(out, rows, axes).values())
+    for metric in ("best_BLEU", "final_dev_loss"):  # BLEU on 40 sources is noisy; the dev loss less so
+        paths += write_plots(out, rows, axes, metric)
+    print("wrote", ", ".join(str(p) for p in paths))
+
+
+if __name__ == "__main__":
+    main()
