@@ -12,7 +12,7 @@ from prefixtune.data import Example
 from prefixtune.engine.wrap import wrap
 from prefixtune.errors import PrefixTuneError
 from prefixtune.train.encode import prompt_ids
-from prefixtune.train.evaluate import generate_texts
+from prefixtune.train.evaluate import first_line, generate_texts
 from prefixtune.train.prompting import pick_shots, written_prompt
 
 SHOTS = [Example("name : Aromi", "Aromi is a pub."), Example("name : Bibimbap", "Bibimbap is a cafe.")]
@@ -36,6 +36,13 @@ def test_shots_are_distinct_sources_drawn_with_a_seed():
     assert pick_shots(examples, 0) == []
     with pytest.raises(PrefixTuneError, match="only 10 distinct sources"):
         pick_shots(examples, 11)
+
+
+def test_the_output_is_the_first_line_written_blank_lines_skipped():
+    # a frozen model answering a written prompt often opens with a newline (SmolLM2 does)
+    assert first_line("\nThe Vaults is a pub.\nThis sentence is") == "The Vaults is a pub."
+    assert first_line(" Aromi is a pub.\n\nname[") == "Aromi is a pub."
+    assert first_line("\n\n") == ""
 
 
 def test_the_context_does_not_count_against_the_source_budget():

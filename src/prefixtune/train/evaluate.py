@@ -31,6 +31,8 @@ def generate_texts(
 ) -> list[str]:
     """Continue each source's prompt; returns the text up to the first newline or end of sequence.
 
+    Leading blank lines are skipped (`first_line`).
+
     Args:
         model: a PrefixModel or a plain Hugging Face model.
         prefix: which prefix of a PrefixModel (default: its default prefix).
@@ -56,7 +58,7 @@ def generate_texts(
         rows_options = options_for_rows(options, len(chunk))
         generated = model.generate(**inputs, **rows_options, pad_token_id=_pad_id(tokenizer))
         new_tokens = generated[:, inputs["input_ids"].shape[1] :]
-        outputs += [_clean(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        outputs += [first_line(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     model.train(was_training)
     result = [""] * len(sources)
     for position, index in enumerate(order):
@@ -98,8 +100,11 @@ def evaluate_prefix(
     return scores, list(zip(sources, hypotheses, references, strict=True))
 
 
-def _clean(text: str) -> str:
-    return text.split(SEPARATOR)[0].strip()
+def first_line(text: str) -> str:
+    """The first line the model wrote. Blank lines before it are skipped: a trained prefix starts its
+    target at once, but a frozen model (a written prompt, `--no-prefix`) often opens with a newline,
+    and cutting there would score an empty text rather than what it said."""
+    return text.lstrip().split(SEPARATOR)[0].strip()
 
 
 def _pad_id(tokenizer) -> int:
