@@ -57,10 +57,11 @@ for study in $studies; do
         python bench/studies/score_runs.py "$out/unseen" --label "$2" --data "$webnlg/dev.json" "$1" "$heldout" \
           --metrics BLEU,METEOR,TER --num-beams 1 --max-new-tokens 60
       done ;;
-    prompting)  # 8. discrete prompting: the frozen model with a written instruction, then with 3 examples too
+    prompting)  # 8. discrete prompting: the frozen model alone, with a written instruction, then with 3 examples too
       mkdir -p "$out/prompting"
       ask="Describe the restaurant in one sentence, using all of its attributes."
       prompt=(evaluate --no-prefix --data "$data/devset.csv" --max-sources 40 --num-beams 1 --max-new-tokens 60)
+      [ -f "$out/prompting/bare.json" ] || prefixtune "${prompt[@]}" --output "$out/prompting/bare.json"
       [ -f "$out/prompting/instruction.json" ] || prefixtune "${prompt[@]}" --instruction "$ask" \
         --output "$out/prompting/instruction.json"
       [ -f "$out/prompting/few-shot.json" ] || prefixtune "${prompt[@]}" --instruction "$ask" --shots 3 \

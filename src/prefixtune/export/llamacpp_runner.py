@@ -19,6 +19,8 @@ from prefixtune.errors import PrefixTuneError
 from prefixtune.export.llamacpp import KV_TYPES
 
 _GGML_LOG_ERROR = 4
+MAX_UBATCH = 512
+"""llama.cpp's default physical batch."""
 
 
 class LlamaCppRunner:
@@ -50,7 +52,9 @@ class LlamaCppRunner:
         if not self.model:
             raise PrefixTuneError(f"llama.cpp could not load {gguf}")
         cparams = lc.llama_context_default_params()
-        cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_ctx, n_ctx
+        # one llama_decode may hold every row's prompt (n_batch), but llama.cpp sizes its compute
+        # buffers by the physical batch, which it splits that into: n_ctx there asked 25 GB at 25k
+        cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_ctx, min(n_ctx, MAX_UBATCH)
         cparams.n_seq_max, cparams.kv_unified = sequences, unified
         cparams.n_threads = cparams.n_threads_batch = threads
         cparams.flash_attn_type = (
@@ -58,6 +62,9 @@ class LlamaCppRunner:
         )
         cparams.type_k = cparams.type_v = KV_TYPES[kv_type][0]
         self.ctx = lc.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            lc.llama_model_free(self.model)
+            raise PrefixTuneError(f"llama.cpp could not create a context of {n_ctx} cells for {gguf}")
         self.vocab_size = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self.model))
         self.batch = lc.llama_batch_init(n_ctx, 0, sequences)
 
