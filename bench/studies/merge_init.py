@@ -10,17 +10,14 @@ side by side under one `init` column: `random`, or `text: <the words>`.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from prefixtune.sweep import write_tables
-from prefixtune.sweep.plots import write_plots
+from merge_methods import sweep_rows, write_merged
 
 AXES = ["init", "max_train_examples", "seed"]
 
 
-def label(row: dict, fixed: dict) -> str:
-    setting = {**fixed, **row}  # a sweep's axes are in its rows, its fixed settings in sweep.json
+def label(setting: dict) -> str:
     return f"text: {setting['init_text']}" if setting["init"] == "text" else setting["init"]
 
 
@@ -31,19 +28,8 @@ def main() -> None:
     *sweeps, out = args.sweeps
     if not sweeps:
         parser.error("give at least one sweep folder, then the output folder")
-    rows = []
-    for folder in sweeps:
-        missing = [n for n in ("sweep.json", "results.json") if not (folder / n).is_file()]
-        if missing:
-            raise SystemExit(f"{folder} is not a finished sweep (no {' or '.join(missing)}): run it first")
-        fixed = json.loads((folder / "sweep.json").read_text(encoding="utf-8"))["fixed"]
-        for row in json.loads((folder / "results.json").read_text(encoding="utf-8"))["runs"]:
-            rows.append({**row, "init": label(row, fixed)})
-    out.mkdir(parents=True, exist_ok=True)
-    paths = list(write_tables(out, rows, AXES).values())
-    for metric in ("best_BLEU", "final_dev_loss"):  # BLEU on 40 sources is noisy; the dev loss less so
-        paths += write_plots(out, rows, AXES, metric)
-    print("wrote", ", ".join(str(p) for p in paths))
+    rows = [{**row, "init": label(setting)} for folder in sweeps for row, setting in sweep_rows(folder)]
+    write_merged(out, rows, AXES)
 
 
 if __name__ == "__main__":

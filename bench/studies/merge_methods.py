@@ -19,17 +19,31 @@ from prefixtune.sweep import write_tables
 from prefixtune.sweep.plots import write_plots
 
 
-def rows_of(folder: Path, only: dict[str, str]) -> list[dict]:
+def sweep_rows(folder: Path) -> list[tuple[dict, dict]]:
+    """Each run of a finished sweep: (its row, its full setting: the sweep's fixed settings and axes)."""
     missing = [n for n in ("sweep.json", "results.json") if not (folder / n).is_file()]
     if missing:
         raise SystemExit(f"{folder} is not a finished sweep (no {' or '.join(missing)}): run it first")
     fixed = json.loads((folder / "sweep.json").read_text(encoding="utf-8"))["fixed"]
-    rows = []
-    for row in json.loads((folder / "results.json").read_text(encoding="utf-8"))["runs"]:
-        setting = {**fixed, **row}  # a sweep's axes are in its rows, its fixed settings in sweep.json
-        if all(str(setting.get(key)) == value for key, value in only.items()):
-            rows.append({**row, "method": setting.get("method", "prefix")})
-    return rows
+    runs = json.loads((folder / "results.json").read_text(encoding="utf-8"))["runs"]
+    return [(row, {**fixed, **row}) for row in runs]
+
+
+def write_merged(out: Path, rows: list[dict], axes: list[str]) -> None:
+    """The tables and plots of `rows`, as a sweep writes its own."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = list(write_tables(out, rows, axes).values())
+    for metric in ("best_BLEU", "final_dev_loss"):  # BLEU on 40 sources is noisy; the dev loss less so
+        paths += write_plots(out, rows, axes, metric)
+    print("wrote", ", ".join(str(p) for p in paths))
+
+
+def rows_of(folder: Path, only: dict[str, str]) -> list[dict]:
+    return [
+        {**row, "method": setting.get("method", "prefix")}
+        for row, setting in sweep_rows(folder)
+        if all(str(setting.get(key)) == value for key, value in only.items())
+    ]
 
 
 def main() -> None:
@@ -45,12 +59,7 @@ def main() -> None:
         parser.error("give at least one sweep folder, then the output folder")
     only = dict(spec.split("=", 1) for spec in args.only)
     rows = [row for folder in sweeps for row in rows_of(folder, only)]
-    axes = args.axes.split(",")
-    out.mkdir(parents=True, exist_ok=True)
-    paths = list(write_tables(out, rows, axes).values())
-    for metric in ("best_BLEU", "final_dev_loss"):  # BLEU on 40 sources is noisy; the dev loss less so
-        paths += write_plots(out, rows, axes, metric)
-    print("wrote", ", ".join(str(p) for p in paths))
+    write_merged(out, rows, args.axes.split(","))
 
 
 if __name__ == "__main__":
