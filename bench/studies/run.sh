@@ -65,7 +65,10 @@ for study in $studies; do
       [ -f "$out/prompting/instruction.json" ] || prefixtune "${prompt[@]}" --instruction "$ask" \
         --output "$out/prompting/instruction.json"
       [ -f "$out/prompting/few-shot.json" ] || prefixtune "${prompt[@]}" --instruction "$ask" --shots 3 \
-        --shots-from "$data/trainset.csv" --output "$out/prompting/few-shot.json" ;;
+        --shots-from "$data/trainset.csv" --output "$out/prompting/few-shot.json"
+      p=$out/prompting  # how much of each step the choice of 40 sources could make
+      python bench/studies/paired.py "$p/instruction.json" "$p/bare.json" "$p/few-shot.json" "$p/instruction.json" \
+        "$p/few-shot.json" "$p/bare.json" --json "$p/paired.json" ;;
     cost)  # 9. inference time against prefix length, batch 1 and 16
       python bench/studies/inference_cost.py "$out/inference-cost" ;;
     length-seeds)  # the length study again with seeds 1 and 2, merged with its seed 0

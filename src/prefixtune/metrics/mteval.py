@@ -59,6 +59,21 @@ def mteval_bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) 
     return bleu_from_counts(stats.counts, stats.totals, stats.sys_len, stats.ref_len)
 
 
+def bleu_statistics(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> list[list[int]]:
+    """Each input's BLEU counts: [sys_len, ref_len, matches 1-4, totals 1-4], as `mteval_bleu` counts them.
+
+    Corpus BLEU only adds these up, so the sum over any subset of inputs, passed to `bleu_from_counts`,
+    is that subset's corpus BLEU: what a bootstrap over inputs needs without rescoring every sample.
+    """
+    bleu_module = require("sacrebleu.metrics.bleu", "sacrebleu", "BLEU")
+    metric = bleu_module.BLEU(lowercase=False, tokenize="13a", smooth_method="exp", force=True)
+    rows = []
+    for hypothesis, refs in zip(hypotheses, references, strict=True):
+        stats = metric.corpus_score([_normalise(hypothesis)], [[_normalise(r)] for r in refs])
+        rows.append([stats.sys_len, stats.ref_len, *stats.counts[:BLEU_ORDER], *stats.totals[:BLEU_ORDER]])
+    return rows
+
+
 def bleu_from_counts(matches: Sequence[int], totals: Sequence[int], sys_len: int, ref_len: int) -> float:
     """mteval-v13a's smoothed BLEU from corpus n-gram matches / totals (index 0 = unigrams)."""
     if sys_len == 0:
