@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -326,6 +327,21 @@ def test_help_explains_every_option(command):
             assert action.help and len(action.help) > 10, (command, action.dest)
     rendered = sub.format_help()  # argparse %-formats every help string here
     assert all(opt in rendered for a in sub._actions for opt in a.option_strings)
+    # a default shows once, and only where it says something
+    flat = " ".join(rendered.split())
+    for empty in ("(default: None)", "(default: )", "(default: False)", "(default: True)"):
+        assert empty not in flat, (command, empty)
+    assert not re.search(r"default:[^)]*\)\s*\(default:", flat), command
+
+
+def test_help_shows_a_default_that_says_something():
+    sub = build_parser()._subparsers._group_actions[0].choices["evaluate"]
+    flat = " ".join(sub.format_help().split())
+    assert "beam search width (1: greedy) (default: 5)" in flat
+    assert "score only the first N distinct sources (0: all of them) --output" in flat
+    train = " ".join(build_parser()._subparsers._group_actions[0].choices["train"].format_help().split())
+    assert "Optimizer steps. (default: 500)" in train
+    assert "default: the method's, 1e-3 for prefix" in train and "(default: None)" not in train
 
 
 def test_the_module_entry_point_runs():

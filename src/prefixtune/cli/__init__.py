@@ -15,6 +15,17 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default only where it says something: not None, not a flag's, not said twice."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        said = "default" in help_text.lower() or "(0:" in help_text  # "(0: all of them)" says it
+        if action.default in (None, "") or action.nargs == 0 or said:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from prefixtune.cli import classify, commands, demo, export, interop, serve, sweep
 
@@ -25,9 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     groups = (commands, classify, demo, sweep, serve, interop, export)
     for name, (setup, run, summary) in {k: v for g in groups for k, v in g.COMMANDS.items()}.items():
-        command = sub.add_parser(
-            name, help=summary, description=summary, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-        )
+        command = sub.add_parser(name, help=summary, description=summary, formatter_class=_HelpFormatter)
         setup(command)
         command.set_defaults(run=run)
     return parser

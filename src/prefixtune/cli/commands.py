@@ -144,7 +144,9 @@ def setup_evaluate(parser: argparse.ArgumentParser) -> None:
         "--exclude-categories",
         help="score all but these WebNLG categories: with the categories a run held out, its trained ones",
     )
-    parser.add_argument("--max-sources", type=int, default=0, help="score only the first N distinct sources")
+    parser.add_argument(
+        "--max-sources", type=int, default=0, help="score only the first N distinct sources (0: all of them)"
+    )
     parser.add_argument("--output", help="write scores and generations to this JSON file")
     _add_generation_options(parser, beams=5)
     add_prompt_options(parser)

@@ -42,10 +42,18 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tupl
             continue
         flag = "--" + name.replace("_", "-")
         # argparse %-formats help strings: a literal % in a docstring ("16 % faster") must be doubled
-        help_text = f"{docs.get(name, '')} (default: {defaults[name]})".replace("%", "%%")
+        doc = docs.get(name, "")
+        help_text = (doc + _default_note(doc, defaults[name])).replace("%", "%%")
         parser.add_argument(
             flag, dest=name, type=_base_type(hints[name]), default=argparse.SUPPRESS, help=help_text
         )
+
+
+def _default_note(doc: str, default: Any) -> str:
+    """ " (default: X)", unless the docstring already says what happens by default or X says nothing."""
+    if default in (None, "") or "default" in doc.lower():
+        return ""
+    return f" (default: {default})"
 
 
 def dataclass_from_args(cls: type, args: argparse.Namespace, base: dict[str, Any] | None = None):
