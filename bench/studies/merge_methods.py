@@ -2,8 +2,9 @@
 
 A study may compare runs of several sweeps: the low-data study sets the fine-tuning runs beside the
 initialisation study's prefix runs of the same settings (same examples per seed, steps, schedule and
-evaluation). Each row gets its `method` from its sweep (a grid axis or a fixed setting); `--only`
-keeps the rows with one value of a setting.
+evaluation). Each row gets its `method` and every other column of `--axes` from its sweep (a grid
+axis or a fixed setting), so a sweep that fixed `kind=prefix` or `seed=0` joins one that varied them;
+`--only KEY=A,B` keeps the rows whose setting KEY is A or B.
 
     python bench/studies/merge_methods.py docs/studies/init-text docs/studies/lowdata-finetune \\
         docs/studies/lowdata --only "init_text=table-to-text:" --axes method,max_train_examples,seed
@@ -38,11 +39,11 @@ def write_merged(out: Path, rows: list[dict], axes: list[str]) -> None:
     print("wrote", ", ".join(str(p) for p in paths))
 
 
-def rows_of(folder: Path, only: dict[str, str]) -> list[dict]:
+def rows_of(folder: Path, only: dict[str, set[str]], axes: list[str]) -> list[dict]:
     return [
-        {**row, "method": setting.get("method", "prefix")}
+        {**row, **{axis: setting.get(axis) for axis in axes}, "method": setting.get("method", "prefix")}
         for row, setting in sweep_rows(folder)
-        if all(str(setting.get(key)) == value for key, value in only.items())
+        if all(str(setting.get(key)) in values for key, values in only.items())
     ]
 
 
@@ -52,14 +53,17 @@ def main() -> None:
     parser.add_argument(
         "--axes", required=True, help="the table's columns, e.g. method,max_train_examples,seed"
     )
-    parser.add_argument("--only", action="append", default=[], help="KEY=VALUE: keep only these rows")
+    parser.add_argument(
+        "--only", action="append", default=[], help="KEY=VALUE[,VALUE...]: keep only these rows"
+    )
     args = parser.parse_args()
     *sweeps, out = args.sweeps
     if not sweeps:
         parser.error("give at least one sweep folder, then the output folder")
-    only = dict(spec.split("=", 1) for spec in args.only)
-    rows = [row for folder in sweeps for row in rows_of(folder, only)]
-    write_merged(out, rows, args.axes.split(","))
+    only = {key: set(values.split(",")) for key, values in (spec.split("=", 1) for spec in args.only)}
+    axes = args.axes.split(",")
+    rows = [row for folder in sweeps for row in rows_of(folder, only, axes)]
+    write_merged(out, rows, axes)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 # The studies of docs/studies/, as they were run: SmolLM2-135M on E2E, one study per `prefixtune sweep`.
 # Usage (with the venv active): bench/studies/run.sh [OUT] [STUDY...]
 # OUT defaults to docs/studies. The paper's ablations: length, kind, reparam, init (the default: these
-# four). Its headline against fine-tuning and LoRA (issue 20): full, lowdata, unseen, prompting, cost,
-# and length-seeds (two more seeds for the length study). Every sweep is resumable: rerun the same line
-# after an interruption. A sweep keeps its per-run checkpoints under OUT/<study>/runs/ (about 100 MB a
+# four). Its headline against fine-tuning and LoRA (issue 20): full, lowdata, unseen, prompting, cost;
+# and two more seeds for the length and kind studies: length-seeds, then kind-seeds (which reuses
+# length-seeds' prefixes). Every sweep is resumable: rerun the same line after an interruption. A sweep keeps its per-run checkpoints under OUT/<study>/runs/ (about 100 MB a
 # prefix run, 2 GB a fine-tuning run); only the tables and plots are committed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -76,7 +76,13 @@ for study in $studies; do
         --grid length=1,5,10,20,40 --grid seed=1,2
       python bench/studies/merge_methods.py "$out/length" "$out/length-seeds" "$out/length-3seeds" \
         --axes length,seed ;;
-    *) echo "unknown study $study: choose from length kind reparam init full lowdata unseen prompting cost length-seeds" >&2
+    kind-seeds)  # the kind study again with seeds 1 and 2 (its prefix rows are length-seeds' runs), merged
+      prefixtune sweep "${common[@]}" --output "$out/kind-seeds" --steps 150 --eval-every 75 --lr 0.001 \
+        --grid kind=embedding,infix --grid length=10,20 --grid seed=1,2
+      python bench/studies/merge_methods.py "$out/kind" "$out/kind-seeds" "$out/length-seeds" "$out/kind-3seeds" \
+        --only length=10,20 --axes kind,length,seed ;;
+    *) echo "unknown study $study: choose from length kind reparam init full lowdata unseen prompting cost" \
+         "length-seeds kind-seeds" >&2
        exit 2 ;;
   esac
 done
