@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from prefixtune.errors import PrefixTuneError
 from prefixtune.metrics import paired_bootstrap_bleu
 
 
@@ -42,13 +43,16 @@ def compare(path_a: Path, path_b: Path, samples: int, seed: int) -> dict:
     outputs_a, outputs_b = _outputs(path_a), _outputs(path_b)
     if [o["source"] for o in outputs_a] != [o["source"] for o in outputs_b]:
         raise SystemExit(f"{path_a} and {path_b} score different sources: evaluate both on the same data")
-    result = paired_bootstrap_bleu(
-        [o["output"] for o in outputs_a],
-        [o["output"] for o in outputs_b],
-        [o["references"] for o in outputs_a],
-        samples=samples,
-        seed=seed,
-    )
+    try:
+        result = paired_bootstrap_bleu(
+            [o["output"] for o in outputs_a],
+            [o["output"] for o in outputs_b],
+            [o["references"] for o in outputs_a],
+            samples=samples,
+            seed=seed,
+        )
+    except PrefixTuneError as err:
+        raise SystemExit(f"{path_a} against {path_b}: {err}") from None
     return {
         "a": str(path_a),
         "b": str(path_b),
@@ -64,8 +68,15 @@ def compare(path_a: Path, path_b: Path, samples: int, seed: int) -> dict:
 
 
 def _outputs(path: Path) -> list[dict]:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if "outputs" not in data:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise SystemExit(
+            f"cannot read {path}: {err.strerror}. Give the file `evaluate --output` wrote."
+        ) from None
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"{path} is not JSON ({err.msg}, line {err.lineno}): was it cut short?") from None
+    if not isinstance(data, dict) or "outputs" not in data:
         raise SystemExit(
             f"{path} holds no per-source outputs: it is not written by `prefixtune evaluate --output`"
         )

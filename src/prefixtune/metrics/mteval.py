@@ -26,6 +26,7 @@ import math
 import string
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from prefixtune.metrics._deps import require
 
@@ -44,6 +45,12 @@ def _tokenizer_13a() -> Callable[[str], str]:
     return require("sacrebleu.tokenizers.tokenizer_13a", "sacrebleu", "BLEU / NIST").Tokenizer13a()
 
 
+def _sacrebleu_bleu() -> Any:
+    """sacrebleu's BLEU set to count as mteval-v13a does (the text is lowercased by `_normalise` first)."""
+    bleu_module = require("sacrebleu.metrics.bleu", "sacrebleu", "BLEU")
+    return bleu_module.BLEU(lowercase=False, tokenize="13a", smooth_method="exp", force=True)
+
+
 def mteval_tokenize(text: str) -> list[str]:
     """Lowercase (ASCII) and tokenize as mteval-v13a does; returns the tokens."""
     return _tokenizer_13a()(_normalise(text)).split()
@@ -51,11 +58,9 @@ def mteval_tokenize(text: str) -> list[str]:
 
 def mteval_bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     """Corpus BLEU on 0-1; `references[i]` are the non-empty references of `hypotheses[i]`."""
-    bleu_module = require("sacrebleu.metrics.bleu", "sacrebleu", "BLEU")
     depth = max(len(refs) for refs in references)
     streams = [[_normalise(refs[k]) if k < len(refs) else None for refs in references] for k in range(depth)]
-    metric = bleu_module.BLEU(lowercase=False, tokenize="13a", smooth_method="exp", force=True)
-    stats = metric.corpus_score([_normalise(h) for h in hypotheses], streams)
+    stats = _sacrebleu_bleu().corpus_score([_normalise(h) for h in hypotheses], streams)
     return bleu_from_counts(stats.counts, stats.totals, stats.sys_len, stats.ref_len)
 
 
@@ -65,8 +70,7 @@ def bleu_statistics(hypotheses: Sequence[str], references: Sequence[Sequence[str
     Corpus BLEU only adds these up, so the sum over any subset of inputs, passed to `bleu_from_counts`,
     is that subset's corpus BLEU: what a bootstrap over inputs needs without rescoring every sample.
     """
-    bleu_module = require("sacrebleu.metrics.bleu", "sacrebleu", "BLEU")
-    metric = bleu_module.BLEU(lowercase=False, tokenize="13a", smooth_method="exp", force=True)
+    metric = _sacrebleu_bleu()
     rows = []
     for hypothesis, refs in zip(hypotheses, references, strict=True):
         stats = metric.corpus_score([_normalise(hypothesis)], [[_normalise(r)] for r in refs])
