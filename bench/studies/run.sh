@@ -38,17 +38,18 @@ for study in $studies; do
         --grid "init_text=table-to-text:|elephant banana:" "${low[@]}"
       prefixtune sweep "${common[@]}" --output "$out/init-random" --init random "${low[@]}"
       python bench/studies/merge_init.py "$out/init-text" "$out/init-random" "$out/init" ;;
-    full)  # 5. full data: prefix vs fine-tuning vs LoRA at equal steps, each at its own default lr;
+    full)  # 6. full data: prefix vs fine-tuning vs LoRA at equal steps, each at its own default lr;
       # then the whole dev set (547 sources) with 5 beams and the five E2E metrics
       prefixtune sweep "${common[@]}" --output "$out/full" --steps 2000 --eval-every 500 \
         --checkpoint-every 100 --grid method=prefix,finetune,lora
-      python bench/studies/score_runs.py "$out/full" --label dev-full --data "$data/devset.csv" --num-beams 5 ;;
-    lowdata)  # 6. low data: fine-tuning on the init study's subsets, beside its table-to-text: prefixes
+      python bench/studies/score_runs.py "$out/full" --label dev-full --data "$data/devset.csv" --num-beams 5
+      python bench/studies/plot_scores.py "$out/full" dev-full ;;
+    lowdata)  # 7. low data: fine-tuning on the init study's subsets, beside its table-to-text: prefixes
       prefixtune sweep "${common[@]}" --output "$out/lowdata-finetune" --method finetune --lr 5e-5 \
         --checkpoint-every 100 --steps 100 --eval-every 100 --grid max_train_examples=50,100,200,500 --grid seed=0,1,2
       python bench/studies/merge_methods.py "$out/init-text" "$out/lowdata-finetune" "$out/lowdata" \
         --only "init_text=table-to-text:" --axes method,max_train_examples,seed ;;
-    unseen)  # 7. unseen topics: WebNLG without three categories, scored on those and on the rest
+    unseen)  # 8. unseen topics: WebNLG without three categories, scored on those and on the rest
       prefixtune sweep --train "$webnlg/train.json" --dev "$webnlg/dev.json" --exclude-categories "$heldout" \
         --eval-sources 40 --max-new-tokens 60 --quiet --output "$out/unseen" --steps 1000 --eval-every 500 \
         --checkpoint-every 100 --grid method=prefix,finetune
@@ -56,8 +57,9 @@ for study in $studies; do
         set -- $part
         python bench/studies/score_runs.py "$out/unseen" --label "$2" --data "$webnlg/dev.json" "$1" "$heldout" \
           --metrics BLEU,METEOR,TER --num-beams 1 --max-new-tokens 60
-      done ;;
-    prompting)  # 8. discrete prompting: the frozen model alone, with a written instruction, then with 3 examples too
+      done
+      python bench/studies/plot_scores.py "$out/unseen" seen unseen ;;
+    prompting)  # 9. discrete prompting: the frozen model alone, with a written instruction, then with 3 examples too
       mkdir -p "$out/prompting"
       ask="Describe the restaurant in one sentence, using all of its attributes."
       prompt=(evaluate --no-prefix --data "$data/devset.csv" --max-sources 40 --num-beams 1 --max-new-tokens 60)
@@ -68,8 +70,11 @@ for study in $studies; do
         --shots-from "$data/trainset.csv" --output "$out/prompting/few-shot.json"
       p=$out/prompting  # how much of each step the choice of 40 sources could make
       python bench/studies/paired.py "$p/instruction.json" "$p/bare.json" "$p/few-shot.json" "$p/instruction.json" \
-        "$p/few-shot.json" "$p/bare.json" --json "$p/paired.json" ;;
-    cost)  # 9. inference time against prefix length, batch 1 and 16
+        "$p/few-shot.json" "$p/bare.json" --json "$p/paired.json"
+      kind=$out/kind-3seeds  # the trained rungs: three seeds once kind-seeds has run
+      [ -f "$kind/results.json" ] || kind=$out/kind
+      python bench/studies/ladder.py "$p" "$kind" ;;
+    cost)  # 10. inference time against prefix length, batch 1 and 16
       python bench/studies/inference_cost.py "$out/inference-cost" ;;
     length-seeds)  # the length study again with seeds 1 and 2, merged with its seed 0
       prefixtune sweep "${common[@]}" --output "$out/length-seeds" --steps 150 --eval-every 75 --lr 0.001 \
