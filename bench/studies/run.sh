@@ -43,7 +43,10 @@ for study in $studies; do
       prefixtune sweep "${common[@]}" --output "$out/full" --steps 2000 --eval-every 500 \
         --checkpoint-every 100 --grid method=prefix,finetune,lora
       python bench/studies/score_runs.py "$out/full" --label dev-full --data "$data/devset.csv" --num-beams 5
-      python bench/studies/plot_scores.py "$out/full" dev-full ;;
+      python bench/studies/plot_scores.py "$out/full" dev-full
+      r=$out/full/runs  # the prefix against each baseline, resampling the 547 sources
+      python bench/studies/paired.py "$r/method=prefix/dev-full.json" "$r/method=finetune/dev-full.json" \
+        "$r/method=prefix/dev-full.json" "$r/method=lora/dev-full.json" --json "$out/full/paired.json" ;;
     lowdata)  # 7. low data: fine-tuning on the init study's subsets, beside its table-to-text: prefixes
       prefixtune sweep "${common[@]}" --output "$out/lowdata-finetune" --method finetune --lr 5e-5 \
         --checkpoint-every 100 --steps 100 --eval-every 100 --grid max_train_examples=50,100,200,500 --grid seed=0,1,2
