@@ -202,3 +202,53 @@ def test_low_data_runs_draw_their_examples_with_the_seed(tmp_path):
     assert draws[0] != draws[1]  # another seed, other examples
     assert load_data(_config(tmp_path, max_train_examples=10, seed=0))[0] == draws[0]
     assert load_data(_config(tmp_path, max_train_examples=10_000))[0] == full
+
+
+class _Clock:
+    """A stand-in for the loop's clock: every reading is `tick` seconds after the one before."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def _stopped_then_resumed(tmp_path: Path, monkeypatch, edit_checkpoint=None):
+    """A 12-step run stopped after 7 steps on a slow clock (100 s a reading), resumed on a fast one (1 s)."""
+    from interrupts import StopAfter
+
+    from prefixtune.train import loop
+
+    config = _config(tmp_path, steps=12, eval_every=100, checkpoint_every=4)
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "_clock", _Clock(100.0))
+        patch.setattr(loop, "_Interrupt", lambda: StopAfter(7))
+        first = train(config, model_and_tokenizer=(make_model("llama"), word_tokenizer()), progress=False)
+    assert first.interrupted and first.steps == 7
+    checkpoint = Path(config.output) / "checkpoint.pt"
+    state = torch.load(checkpoint, weights_only=False)
+    if edit_checkpoint:
+        edit_checkpoint(state)
+        torch.save(state, checkpoint)
+    monkeypatch.setattr(loop, "_clock", _Clock(1.0))
+    resumed = train(
+        config, resume=True, model_and_tokenizer=(make_model("llama"), word_tokenizer()), progress=False
+    )
+    assert resumed.steps == 12
+    return first, state, resumed
+
+
+def test_a_resumed_run_reports_the_time_of_every_process_that_trained_it(tmp_path, monkeypatch):
+    first, state, resumed = _stopped_then_resumed(tmp_path, monkeypatch)
+    # 7 steps of two readings each, 100 s apart: at least 1,400 s before the stop, all of it kept
+    assert 1400 <= state["seconds"] <= first.seconds
+    second_process = resumed.seconds - state["seconds"]  # what came after the checkpoint was redone
+    assert 0 < second_process < 100  # 5 steps and an evaluation at 1 s a reading
+
+
+def test_a_checkpoint_without_its_time_resumes_from_its_steps_times(tmp_path, monkeypatch):
+    _, _, resumed = _stopped_then_resumed(tmp_path, monkeypatch, lambda state: state.pop("seconds"))
+    # checkpoints written before runs kept their time: the first 7 steps count 100 s each
+    assert 700 < resumed.seconds < 800

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +57,6 @@ def _run_one(point: Point, folder: Path, resume: bool, bases: dict, progress: bo
         from prefixtune.train.seq2seq import guess_task
 
         bases[config.base] = load_base(config.base, task=guess_task(config.base))
-    started = time.perf_counter()
     result = train(config, resume=resume, model_and_tokenizer=bases[config.base], progress=progress)
     method = METHODS[config.method]
     try:
@@ -67,7 +65,7 @@ def _run_one(point: Point, folder: Path, resume: bool, bases: dict, progress: bo
         trainable = sum(p.numel() for p in method.parameters(result.model))
     finally:
         method.release(result.model)  # the shared base model as it was (plain attention, no LoRA)
-    return summarise(point, folder, result.steps, trainable, time.perf_counter() - started)
+    return summarise(point, folder, result.steps, trainable, result.seconds)
 
 
 def summarise(point: Point, folder: Path, steps: int, trainable: int, seconds: float) -> dict:

@@ -25,6 +25,8 @@ from prefixtune.train.checkpoint import load_checkpoint, save_checkpoint
 from prefixtune.train.methods import stored_size
 from prefixtune.train.recipe import Recipe, Task
 
+_clock = time.perf_counter  # one clock for step times and the run's time (tests replace it)
+
 
 @dataclass
 class TrainResult:
@@ -40,6 +42,9 @@ class TrainResult:
     model: Any = field(default=None, repr=False)
     """The PrefixModel as training left it (its "default" prefix is the last step's, not the best); a
     baseline's model (`Task.method.release` gives its base back)."""
+    seconds: float = 0.0
+    """Wall-clock time of the training loop (evaluations and checkpoints included) for the steps the
+    run kept, summed over the processes that resumed it: what the run cost, not what this call took."""
 
 
 @dataclass
@@ -138,6 +143,7 @@ def run(
         stopper.requested,
         state.stopped_early,
         model,
+        state.seconds(),
     )
 
 
@@ -198,10 +204,17 @@ class _Run:
     best: dict[str, float] = field(default_factory=dict)
     bad_evals: int = 0
     stopped_early: bool = False
+    seconds_before: float = 0.0
+    """Training time of the steps a resumed run took in earlier processes, from its checkpoint."""
+    started: float = field(default_factory=lambda: _clock())
 
     @property
     def resumable(self) -> bool:
         return self.task.checkpoint_every is not None
+
+    def seconds(self) -> float:
+        """The run's training time so far, across resumptions (`TrainResult.seconds`)."""
+        return self.seconds_before + _clock() - self.started
 
     def save(self) -> None:
         """Keep what trains as the run's result (OUTPUT/prefix, /model or /adapter); log its size."""
@@ -225,6 +238,7 @@ class _Run:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "config": self.config.to_dict(),
+                "seconds": self.seconds(),
             },
         )
 
@@ -240,6 +254,17 @@ class _Run:
         self.stopped_early = state.get("stopped_early", self.stopped_early)
         if distributed.current().main:
             report.truncate_log(self.folder, state["step"])
+        # time spent after the checkpoint was lost with the steps it made; a checkpoint written before
+        # runs kept their time has only its steps' own times, a lower bound (no evaluations)
+        seconds = state.get("seconds")
+        if seconds is None and distributed.current().main:
+            seconds = _logged_step_seconds(self.folder)
+        self.seconds_before = seconds or 0.0
+        self.started = _clock()
+
+
+def _logged_step_seconds(folder: Path) -> float:
+    return sum(r.get("seconds", 0.0) for r in report.read_log(folder) if r.get("kind") == "train")
 
 
 def _step(model, encoded, cursor, pad, params, optimizer, scheduler, config, recipe: Recipe) -> dict:
@@ -249,7 +274,7 @@ def _step(model, encoded, cursor, pad, params, optimizer, scheduler, config, rec
     With several processes each runs its share of every micro-batch's rows; the normaliser is still
     the global batch's target count, so the summed gradients equal one process's.
     """
-    start = time.perf_counter()
+    start = _clock()
     global_rows = [cursor.next() for _ in range(config.grad_accum)]
     global_batches = [recipe.collate([encoded[i] for i in rows], pad) for rows in global_rows]
     targets = sum(recipe.targets(b) for b in global_batches)
@@ -271,7 +296,7 @@ def _step(model, encoded, cursor, pad, params, optimizer, scheduler, config, rec
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    seconds = time.perf_counter() - start
+    seconds = _clock() - start
     return {
         "kind": "train",
         "loss": total / targets,
