@@ -47,7 +47,6 @@ def score(sweep: Path, row: dict, fixed: dict, label: str, options: list[str]) -
     method = row.get("method", fixed.get("method", "prefix"))
     folder = sweep / "runs" / row["run"]
     out = folder / f"{label}.json"
-    seconds = None
     if not out.is_file():
         argv = ["evaluate", "--prefix", str(folder / KEPT[method]), "--output", str(out), *options]
         if method == "prefix":
@@ -56,13 +55,15 @@ def score(sweep: Path, row: dict, fixed: dict, label: str, options: list[str]) -
         started = time.perf_counter()
         if prefixtune(argv) != 0:
             raise SystemExit(f"evaluate failed for {folder}")
-        seconds = round(time.perf_counter() - started, 1)
-    scores = json.loads(out.read_text(encoding="utf-8"))["scores"]
+        scored = json.loads(out.read_text(encoding="utf-8"))  # kept with its time, for a rerun's table
+        scored["eval_seconds"] = round(time.perf_counter() - started, 1)
+        out.write_text(json.dumps(scored, indent=1) + "\n", encoding="utf-8")
+    scored = json.loads(out.read_text(encoding="utf-8"))
     return {
         "run": row["run"],
         "method": method,
-        **scores,
-        "eval_seconds": seconds,
+        **scored["scores"],
+        "eval_seconds": scored.get("eval_seconds"),
         **{k: row.get(k) for k in COSTS},
     }
 
