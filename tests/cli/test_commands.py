@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import make_model
 from synthetic import word_tokenizer, write_task
 
@@ -93,9 +94,22 @@ def test_train_refuses_a_folder_holding_a_run_and_overwrites_nothing(workspace, 
 
 
 def test_resume_of_a_finished_run_changes_nothing(workspace, capsys):
+    state = torch.load(workspace["run"] / "checkpoint.pt", weights_only=False)
     code = main(["train", "--resume", "--output", str(workspace["run"]), "--quiet"])
     assert code == 0
-    assert "trained 30 steps" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # the time is the run's, carried in its checkpoint, not this call's
+    took = re.search(r"trained 30 steps in ([\d.]+) s", out)
+    assert took and float(took.group(1)) >= round(state["seconds"], 1) > 0
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"), [(4.31, "4.3 s"), (59.96, "1 min 00 s"), (185, "3 min 05 s"), (7620, "2 h 07 min")]
+)
+def test_a_run_s_time_reads_as_a_person_would_say_it(seconds, shown):
+    from prefixtune.cli.commands import _took
+
+    assert _took(seconds) == shown
 
 
 @pytest.mark.parametrize(

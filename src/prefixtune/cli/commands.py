@@ -57,12 +57,21 @@ def run_train(args: argparse.Namespace) -> int:
         return 130
     best = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.best.items())
     print(
-        f"trained {result.steps} steps{' (stopped early)' if result.stopped_early else ''}"
-        f"{'; best ' + best if best else ''}"
+        f"trained {result.steps} steps in {_took(result.seconds)}"
+        f"{' (stopped early)' if result.stopped_early else ''}{'; best ' + best if best else ''}"
     )
     kept = {"prefix": "prefix", "finetune": "fine-tuned model", "lora": "LoRA adapter"}[config.method]
     print(f"{kept} saved to {result.prefix_path}; metrics in {result.output / 'metrics.jsonl'}")
     return 0
+
+
+def _took(seconds: float) -> str:
+    """A run's training time as a person reads it: 42.0 s, 3 min 05 s, 2 h 07 min."""
+    minutes, rest = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {rest:02d} s" if minutes else f"{seconds:.1f} s"
 
 
 # -- evaluate and generate ---------------------------------------------------------------------------
