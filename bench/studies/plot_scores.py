@@ -17,12 +17,15 @@ LOWER_IS_BETTER = {"TER"}
 def read_scoring(sweep: Path, label: str) -> list[dict]:
     path = sweep / f"{label}.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))["runs"]
-    except (OSError, json.JSONDecodeError, KeyError) as err:
+        runs = json.loads(path.read_text(encoding="utf-8"))["runs"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise SystemExit(
             f"cannot read {path} ({err}): score the sweep first with bench/studies/score_runs.py "
             f"{sweep} --label {label} ..."
         ) from None
+    if not runs:
+        raise SystemExit(f"{path} holds no scored runs: has the sweep finished any?")
+    return runs
 
 
 def metrics_of(runs: list[dict]) -> list[str]:
