@@ -45,22 +45,49 @@ def truncate_log(folder: Path, last_step: int) -> None:
     temporary.replace(folder / LOG)
 
 
+# Linux keeps a process's resident high-water mark (VmHWM) and lets it be reset to the current size by
+# writing 5 to clear_refs, so runs of one sweep, which share a process, each report their own peak.
+CLEAR_REFS = Path("/proc/self/clear_refs")
+STATUS = Path("/proc/self/status")
+
+
 def reset_peak_memory(device: torch.device) -> None:
-    """Start counting a run's peak memory afresh (on a GPU; see `peak_memory_mb`)."""
+    """Start counting a run's peak memory afresh: a GPU's allocator statistics, or on Linux the
+    process's resident high-water mark (see `peak_memory_mb`)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        CLEAR_REFS.write_text("5")
+    except OSError:  # not Linux, or a kernel that refuses: the peak then counts from the start
+        pass
 
 
 def peak_memory_mb(device: torch.device) -> float | None:
     """The run's peak memory in MiB: tensors allocated on a GPU since `reset_peak_memory`; on the CPU
-    the process's peak resident size, which cannot be reset (runs of one sweep share one process, so a
-    later run reports at least an earlier run's peak)."""
+    the process's peak resident size, since that reset where Linux allows it (VmHWM), otherwise since
+    the process began (`ru_maxrss`: runs of one sweep then report at least an earlier run's peak)."""
     if device.type == "cuda":
         return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    high_water = _status_kib("VmHWM")
+    if high_water is not None:
+        return round(high_water / 2**10, 1)
     if resource is None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def _status_kib(field: str) -> int | None:
+    """A `field:   N kB` line of /proc/self/status, in KiB; None where there is no such file."""
+    try:
+        lines = STATUS.read_text(encoding="ascii").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return None
 
 
 def plot_curve(folder: Path) -> Path | None:
